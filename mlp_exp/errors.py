@@ -1,0 +1,15 @@
+"""The one exception type that reaches users as a one-line message.
+
+Raise `UserError` (or a subclass) for anything the user can fix: a bad path, a
+bad flag, missing data, an unreachable store. The command-line entry points
+print its message as a single line and exit with code 2; anything else is a
+bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; str(err) is one line saying what to do."""
+
+
+class DataError(UserError):
+    """The dataset is missing, corrupt, or laid out wrongly."""
