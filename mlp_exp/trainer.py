@@ -67,14 +67,19 @@ def flip_rows(X, flip_mask, image_shape=IMAGE_SHAPE):
 
 
 def train(X_train, y_train, X_val, y_val, config: TrainConfig,
-          callbacks: Sequence[Callback] = (), params=None) -> TrainResult:
-    """Train on float32 data with shuffled epochs; returns the best-on-validation weights.
+          callbacks: Sequence[Callback] = (), params=None, preprocessor=None) -> TrainResult:
+    """Train with shuffled epochs; returns the best-on-validation weights.
 
     Inputs:
-    - X_train (N, D) float32, y_train (N,) int; X_val (M, D), y_val (M,)
+    - X_train (N, D), y_train (N,) int; X_val (M, D), y_val (M,)
     - config: hyperparameters; config.seed seeds everything random
     - callbacks: called with EpochStats after each epoch
     - params: initial weights; by default drawn with config.init_std
+    - preprocessor: if given (a data.Preprocessor), X_train and X_val are raw
+      pixels (uint8) and each minibatch is preprocessed as it is drawn. A study
+      keeps one uint8 copy of the data (4x smaller than float32) and every
+      trial may choose its own preprocessing.
+      Without it, X_train and X_val are already preprocessed float32.
     """
     rng = np.random.default_rng(config.seed)
     num_train, input_size = X_train.shape
@@ -89,6 +94,10 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
     iterations_per_epoch = max(num_train // batch_size, 1)
     sample = rng.choice(num_train, size=min(TRAIN_ACCURACY_SAMPLE, num_train), replace=False)
     X_sample, y_sample = X_train[sample], y_train[sample]
+    batch_buffer = None
+    if preprocessor is not None:
+        X_sample, X_val = preprocessor.apply(X_sample), preprocessor.apply(X_val)
+        batch_buffer = np.empty((batch_size, input_size), np.float32)
 
     step = FusedStep(params, config.update, config.reg, config.momentum)
     learning_rate = config.learning_rate
@@ -104,6 +113,8 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
             for start in range(0, iterations_per_epoch * batch_size, batch_size):
                 batch = order[start:start + batch_size]
                 X_batch = X_train[batch]                    # (B, D) gathered copy, safe to flip
+                if preprocessor is not None:
+                    X_batch = preprocessor.apply(X_batch, out=batch_buffer)
                 if config.flip:
                     flip_rows(X_batch, rng.random(batch_size) < 0.5)
                 loss = step.step(X_batch, y_train[batch], learning_rate)

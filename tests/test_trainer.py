@@ -155,3 +155,17 @@ def test_flip_training_changes_batches_but_not_data():
     flipped = train(X, y, X, y, TrainConfig(**{**base.asdict(), "flip": True}))
     assert np.array_equal(X, X_before)
     assert not np.array_equal(plain.loss_history, flipped.loss_history)
+
+
+def test_preprocessing_per_batch_equals_preprocessing_up_front():
+    from mlp_exp.data import fit_preprocessor
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 256, (60, 3072), dtype=np.uint8)
+    y = rng.integers(0, 10, 60)
+    prep = fit_preprocessor(raw[:50], "standardize")
+    config = TrainConfig(hidden_size=16, learning_rate=1e-3, reg=1e-3, batch_size=10,
+                         num_epochs=2, init_std=1e-2, flip=True, seed=4)
+    on_the_fly = train(raw[:50], y[:50], raw[50:], y[50:], config, preprocessor=prep)
+    up_front = train(prep.apply(raw[:50]), y[:50], prep.apply(raw[50:]), y[50:], config)
+    np.testing.assert_array_equal(on_the_fly.loss_history, up_front.loss_history)
+    assert [e.val_accuracy for e in on_the_fly.epochs] == [e.val_accuracy for e in up_front.epochs]

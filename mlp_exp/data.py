@@ -1,0 +1,474 @@
+"""CIFAR-10: find or download it, load it, split it and preprocess it.
+
+Three layers, each usable alone:
+
+- `ensure_cifar10` finds the official `cifar-10-batches-py` folder, or
+  downloads, verifies and safely extracts the archive when it is missing.
+- `load_cifar10_uint8` reads the batches as uint8 images (N, 32, 32, 3);
+  `load_CIFAR10` is the spec notebook's float64 API built on top of it.
+- `fit_preprocessor` / `Preprocessor.apply` are pure NumPy, and
+  `prepare_cifar10` glues everything into the spec's train/val/test split.
+
+The product only ever holds uint8 images and float32 design matrices: 50k
+float64 images are 1.2 GB, and a study keeps its data for its whole life.
+Nothing here downloads or writes at import time. Every failure a user can fix
+raises `DataError` with a one-line message naming the path or URL.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .errors import DataError, UserError
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+DATA_DIR_ENV = "MLP_EXP_DATA_DIR"
+DEFAULT_DATA_DIR = Path("data")             # relative to the current directory
+BATCHES_FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META_FILE = "batches.meta"
+NUM_TRAIN, NUM_TEST = 50000, 10000
+IMAGE_SHAPE = (32, 32, 3)                   # HWC, as load_CIFAR10 returns it
+DEFAULT_LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
+                       "dog", "frog", "horse", "ship", "truck")
+PREPROCESSING_MODES = ("mean_image", "standardize")
+DOWNLOAD_TIMEOUT_S = 60.0                   # per blocking socket operation, not for the whole file
+
+_REBUILD_HINT = "delete it and re-run to download again, or rebuild the replica"
+_CHUNK_ROWS = 4096                          # rows converted to float at a time
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------- locating
+
+def resolve_data_dir(data_dir=None) -> Path:
+    """The folder that contains `cifar-10-batches-py/`.
+
+    Order: the explicit argument, else $MLP_EXP_DATA_DIR, else ./data. Being
+    handed the `cifar-10-batches-py` folder itself is accepted too.
+    """
+    if data_dir is None or str(data_dir) == "":
+        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    path = Path(data_dir).expanduser()
+    if path.name == BATCHES_FOLDER and not (path / BATCHES_FOLDER).is_dir():
+        return path.parent
+    return path
+
+
+def _batches_folder(root) -> Path:
+    """`root` if it holds the batches, else `root/cifar-10-batches-py` (so a data dir works too)."""
+    root = Path(root).expanduser()
+    if not (root / TRAIN_BATCHES[0]).exists() and (root / BATCHES_FOLDER).is_dir():
+        return root / BATCHES_FOLDER
+    return root
+
+
+def _missing_files(folder: Path) -> list[str]:
+    return [name for name in (*TRAIN_BATCHES, TEST_BATCH) if not (folder / name).is_file()]
+
+
+def ensure_cifar10(data_dir=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10_MD5,
+                   progress=True, timeout=DOWNLOAD_TIMEOUT_S) -> Path:
+    """Return the `cifar-10-batches-py` folder under `data_dir`, downloading it if absent.
+
+    The archive is streamed to a temp file inside the data dir, its MD5 checked
+    (skipped when `md5` is None) before anything is extracted, extracted into a
+    temp folder with every member vetted, and renamed into place in one step,
+    so an interrupted or failed download never leaves a half-written folder.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    folder = data_dir / BATCHES_FOLDER
+    if folder.is_dir():
+        missing = _missing_files(folder)
+        if missing:
+            raise DataError(f"CIFAR-10 folder {folder} is incomplete (missing {', '.join(missing)}); "
+                            f"{_REBUILD_HINT}")
+        return folder
+    if not download:
+        raise DataError(f"CIFAR-10 not found at {folder}; pass --data-dir or set {DATA_DIR_ENV} to the "
+                        f"folder containing {BATCHES_FOLDER}/, or allow the download from {url}")
+    created_data_dir = not data_dir.exists()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create data dir {data_dir}: {_one_line(err)}; "
+                        f"pass --data-dir or set {DATA_DIR_ENV} to a writable folder") from err
+
+    archive = extract_dir = None
+    done = False
+    try:
+        fd, name = tempfile.mkstemp(dir=data_dir, prefix=".cifar-10-python.", suffix=".tar.gz.part")
+        archive = Path(name)
+        with os.fdopen(fd, "wb") as out:
+            digest = _download(url, out, progress=progress, timeout=timeout)
+        if md5 is not None and digest != md5.lower():
+            raise DataError(f"checksum mismatch for {url} (got md5 {digest}, expected {md5}): the download "
+                            f"is corrupt; nothing was extracted; re-run to retry, or download the archive by "
+                            f"hand and extract it into {data_dir}")
+        extract_dir = Path(tempfile.mkdtemp(dir=data_dir, prefix=".cifar-10-extract-"))
+        _safe_extract(archive, extract_dir, url)
+        extracted = extract_dir / BATCHES_FOLDER
+        missing = _missing_files(extracted) if extracted.is_dir() else [f"{BATCHES_FOLDER}/"]
+        if missing:
+            raise DataError(f"archive from {url} has the wrong layout (missing {', '.join(missing)}); "
+                            f"expected the official cifar-10-python.tar.gz")
+        try:
+            os.replace(extracted, folder)
+        except OSError:
+            if folder.is_dir() and not _missing_files(folder):
+                done = True             # another process finished the same download first
+                return folder
+            raise
+        done = True
+    except OSError as err:
+        raise DataError(f"could not write CIFAR-10 into {data_dir}: {_one_line(err)}; "
+                        f"check free space and permissions, or pass --data-dir") from err
+    finally:
+        if archive is not None:
+            archive.unlink(missing_ok=True)
+        if extract_dir is not None:
+            shutil.rmtree(extract_dir, ignore_errors=True)
+        if not done and created_data_dir:
+            try:
+                data_dir.rmdir()    # leave no empty folder behind a failed download; never a non-empty one
+            except OSError:
+                pass
+    return folder
+
+
+def _download(url: str, out, *, progress: bool, timeout: float) -> str:
+    """Stream `url` into the binary file `out`; return the MD5 hex digest of what was received."""
+    from tqdm import tqdm   # only needed when a download actually happens
+
+    hint = (f"pass --data-dir or set {DATA_DIR_ENV} to a folder containing {BATCHES_FOLDER}/, "
+            f"or download {CIFAR10_URL} by hand and extract it there")
+    digest = hashlib.md5()
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                      disable=not progress, desc="cifar-10-python.tar.gz", leave=False) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as err:
+        what = "not found (HTTP 404)" if err.code == 404 else f"failed with HTTP {err.code} {err.reason}"
+        raise DataError(f"download of {url} {what}; {hint}") from err
+    except urllib.error.URLError as err:
+        raise DataError(f"cannot reach {url} ({_one_line(err.reason)}); offline? {hint}") from err
+    except TimeoutError as err:
+        raise DataError(f"download of {url} timed out after {timeout:g}s without data; {hint}") from err
+    except (HTTPException, ConnectionError) as err:
+        raise DataError(f"download of {url} was cut off after {received} bytes "
+                        f"({type(err).__name__}); re-run to retry, or {hint}") from err
+    # urllib returns a short body silently when the server closes early
+    if expected is not None and received != expected:
+        raise DataError(f"download of {url} is truncated ({received} of {expected} bytes); "
+                        f"re-run to retry, or {hint}")
+    return digest.hexdigest()
+
+
+def _safe_extract(archive: Path, dest: Path, url: str) -> None:
+    """Extract regular files and folders of `archive` into `dest`, refusing anything that could escape it.
+
+    Absolute names, `..`, links, devices and anything resolving outside `dest`
+    are rejected (path traversal). Files are written by hand, so tar metadata
+    (owners, modes, times) is never applied.
+    """
+    root = os.path.realpath(dest)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                name = PurePosixPath(member.name)
+                target = os.path.realpath(os.path.join(root, member.name))
+                unsafe = (name.is_absolute() or ".." in name.parts
+                          or not (member.isfile() or member.isdir())
+                          or not (target == root or target.startswith(root + os.sep)))
+                if unsafe:
+                    raise DataError(f"archive from {url} holds an unsafe member {member.name!r} "
+                                    f"(absolute path, '..', link or device); refusing to extract it")
+                if member.isdir():
+                    os.makedirs(target, exist_ok=True)
+                    continue
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise DataError(f"archive from {url} is truncated or not a valid .tar.gz ({_one_line(err)}); "
+                        f"re-run to download again") from err
+    except gzip.BadGzipFile as err:     # an OSError, but corruption rather than a write failure
+        raise DataError(f"archive from {url} is not a valid gzip file ({_one_line(err)}); "
+                        f"re-run to download again") from err
+
+
+# ----------------------------------------------------------------- loading
+
+def _load_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 file {path} is missing; {_REBUILD_HINT}")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except OSError as err:
+        raise DataError(f"cannot read CIFAR-10 file {path}: {_one_line(err)}") from err
+    except Exception as err:    # a corrupt pickle can raise almost anything (EOFError, UnpicklingError, ...)
+        raise DataError(f"CIFAR-10 file {path} is truncated or unreadable ({type(err).__name__}); "
+                        f"{_REBUILD_HINT}") from err
+    if not isinstance(batch, dict):
+        raise DataError(f"CIFAR-10 file {path} holds a {type(batch).__name__}, not a batch dict; {_REBUILD_HINT}")
+    return batch
+
+
+def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (X uint8 (N, 32, 32, 3), y int64 (N,))."""
+    batch = _load_pickle(path)
+    missing = [key.decode() for key in (b"data", b"labels") if key not in batch]
+    if missing:
+        raise DataError(f"CIFAR-10 file {path} has no {' or '.join(missing)} entry; {_REBUILD_HINT}")
+    data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8
+            and data.ndim == 2 and data.shape[1] == 3072):
+        shape = getattr(data, "shape", None)
+        raise DataError(f"CIFAR-10 file {path} has data of shape {shape} and type "
+                        f"{getattr(data, 'dtype', type(data).__name__)}, expected uint8 (N, 3072); {_REBUILD_HINT}")
+    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu" \
+            or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
+        raise DataError(f"CIFAR-10 file {path} has {labels.size} labels for {data.shape[0]} images, or labels "
+                        f"outside 0..9; {_REBUILD_HINT}")
+    # rows are channel-major (1024 R, 1024 G, 1024 B, each 32 rows of 32): CHW -> HWC
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, labels.astype(np.int64)
+
+
+def load_cifar10_uint8(root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read the CIFAR-10 batches without converting to float.
+
+    Inputs:
+    - root: the `cifar-10-batches-py` folder (or the folder containing it).
+
+    Returns (Xtr, ytr, Xte, yte):
+    - Xtr: uint8 (50000, 32, 32, 3), data_batch_1..5 in order; ytr: int64 (50000,)
+    - Xte: uint8 (10000, 32, 32, 3), test_batch;               yte: int64 (10000,)
+    """
+    folder = _batches_folder(root)
+    if not folder.is_dir():
+        raise DataError(f"CIFAR-10 folder {folder} does not exist; pass --data-dir or set {DATA_DIR_ENV} "
+                        f"to the folder containing {BATCHES_FOLDER}/, or allow the download")
+    train = [_load_batch(folder / name) for name in TRAIN_BATCHES]
+    # concatenate would keep the transposed (CHW) memory order; reshape(N, -1) then copies
+    Xtr = np.empty((sum(len(images) for images, _ in train), *IMAGE_SHAPE), dtype=np.uint8)
+    np.concatenate([images for images, _ in train], out=Xtr)
+    ytr = np.concatenate([labels for _, labels in train])
+    del train
+    Xte, yte = _load_batch(folder / TEST_BATCH)
+    return Xtr, ytr, np.ascontiguousarray(Xte), yte
+
+
+def load_CIFAR10(root):
+    """The spec notebook's loader (cs231n data_utils).
+
+    Returns Xtr float64 (50000, 32, 32, 3), Ytr int64 (50000,),
+    Xte float64 (10000, 32, 32, 3), Yte int64 (10000,); pixel values 0..255.
+    Float64 costs 1.2 GB for the training set: the product uses
+    `load_cifar10_uint8` / `prepare_cifar10` instead.
+    """
+    Xtr, Ytr, Xte, Yte = load_cifar10_uint8(root)
+    return Xtr.astype(np.float64), Ytr, Xte.astype(np.float64), Yte
+
+
+def load_label_names(root) -> list[str]:
+    """The 10 class names from batches.meta, or the standard names if it is absent or unreadable."""
+    path = _batches_folder(root) / META_FILE
+    try:
+        names = _load_pickle(path)[b"label_names"]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except (DataError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return list(DEFAULT_LABEL_NAMES)    # names are cosmetic; never fail a study over them
+    return names if len(names) == 10 else list(DEFAULT_LABEL_NAMES)
+
+
+# ----------------------------------------------------------- preprocessing
+
+def _as_rows(X: np.ndarray) -> np.ndarray:
+    """(N, 32, 32, 3) or (N, D) -> (N, D) without copying: row-major, as the spec's X.reshape(N, -1)."""
+    X = np.asarray(X)
+    return X.reshape(X.shape[0], -1)
+
+
+@dataclass(frozen=True, eq=False)
+class Preprocessor:
+    """x -> (x - mean) / scale per pixel, fitted on training images only.
+
+    - mean: float32 (D,)
+    - scale: float32 (D,), all ones for "mean_image"
+    Both are read-only; save them with `to_arrays` (e.g. beside model weights).
+    """
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def __post_init__(self):
+        mean = np.array(self.mean, dtype=np.float32).reshape(-1)
+        scale = np.array(self.scale, dtype=np.float32).reshape(-1)
+        if mean.shape != scale.shape:
+            raise ValueError(f"mean and scale must have the same size, got {mean.size} and {scale.size}")
+        if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+            raise ValueError("scale must be finite and > 0 everywhere")
+        mean.setflags(write=False)
+        scale.setflags(write=False)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "scale", scale)
+
+    def apply(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """X: (N, 32, 32, 3) or (N, D), any numeric dtype -> float32 (N, D).
+
+        Works `_CHUNK_ROWS` rows at a time, so a uint8 input never becomes a
+        full float64 (or even a second float32) array. `out`, a float32 (N, D)
+        buffer, lets the trainer preprocess each minibatch without allocating.
+        """
+        rows = _as_rows(X)
+        if rows.shape[1] != self.mean.size:
+            raise ValueError(f"X has {rows.shape[1]} values per image, the preprocessor expects {self.mean.size}")
+        if out is None:
+            out = np.empty(rows.shape, dtype=np.float32)
+        for start in range(0, rows.shape[0], _CHUNK_ROWS):
+            block = out[start:start + _CHUNK_ROWS]
+            np.subtract(rows[start:start + _CHUNK_ROWS], self.mean, out=block, dtype=np.float32)
+            np.divide(block, self.scale, out=block)
+        return out
+
+    def to_arrays(self) -> dict:
+        return {"mean": self.mean, "scale": self.scale}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "Preprocessor":
+        return cls(mean=arrays["mean"], scale=arrays["scale"])
+
+
+def _pixel_mean(rows: np.ndarray) -> np.ndarray:
+    """rows (N, D) -> float64 (D,), summed chunk by chunk so no float64 copy of `rows` exists."""
+    total = np.zeros(rows.shape[1])
+    for start in range(0, rows.shape[0], _CHUNK_ROWS):
+        total += rows[start:start + _CHUNK_ROWS].sum(axis=0, dtype=np.float64)
+    return total / rows.shape[0]
+
+
+def _pixel_var(rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """rows (N, D), mean (D,) -> float64 (D,); centred second pass, which is exact where E[x^2] - m^2 is not."""
+    squares = np.zeros(rows.shape[1])
+    for start in range(0, rows.shape[0], _CHUNK_ROWS):
+        centred = rows[start:start + _CHUNK_ROWS].astype(np.float64) - mean
+        squares += np.einsum("nd,nd->d", centred, centred)
+    return squares / rows.shape[0]
+
+
+def fit_preprocessor(X_train: np.ndarray, mode: str = "mean_image") -> Preprocessor:
+    """Fit per-pixel statistics on training images.
+
+    Inputs:
+    - X_train: (N, 32, 32, 3) images (or (N, 3072) rows of such images), any numeric dtype
+    - mode: "mean_image" (the spec: subtract the mean image, scale 1) or
+      "standardize" (subtract the mean, divide by the std, both mirror-symmetric)
+    Returns a Preprocessor with mean and scale of shape (D,).
+    """
+    if mode not in PREPROCESSING_MODES:
+        raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {mode!r}")
+    rows = _as_rows(X_train)
+    if rows.shape[0] == 0:
+        raise ValueError("cannot fit a preprocessor on zero images")
+    mean = _pixel_mean(rows)
+    if mode == "mean_image":
+        return Preprocessor(mean=mean, scale=np.ones_like(mean))
+    var = _pixel_var(rows, mean)
+    if rows.shape[1] != int(np.prod(IMAGE_SHAPE)):
+        raise ValueError(f"standardize needs {IMAGE_SHAPE} images to mirror them, got {rows.shape[1]} values")
+    # Training may flip images left-right, so the net sees the training set and
+    # its mirror image equally often. Use the statistics of that union: a
+    # flipped and an unflipped image are then normalised the same way, and the
+    # union's pixels are exactly zero-mean/unit-variance. Pooled over a pixel
+    # and its mirror, mean = (m + m') / 2 and var = (v + v') / 2 + ((m - m') / 2)^2.
+    m, v = mean.reshape(IMAGE_SHAPE), var.reshape(IMAGE_SHAPE)
+    m_mirror, v_mirror = m[:, ::-1, :], v[:, ::-1, :]
+    sym_mean = (m + m_mirror) / 2
+    sym_var = (v + v_mirror) / 2 + ((m - m_mirror) / 2) ** 2
+    std = np.sqrt(sym_var).reshape(-1)
+    # a pixel that is (nearly) constant in training would otherwise divide by ~0
+    floor = max(1e-3 * float(std.mean()), 1e-6)
+    return Preprocessor(mean=sym_mean.reshape(-1), scale=np.maximum(std, floor))
+
+
+# --------------------------------------------------------------- splitting
+
+@dataclass
+class Dataset:
+    """The spec's split, preprocessed: X_* float32 (N, 3072), y_* int64 (N,)."""
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    preprocessor: Preprocessor
+    label_names: list
+
+
+def _check_split_sizes(train_size, val_size, test_size, num_train, num_test) -> None:
+    for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+        if value is None and name == "test_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+    if train_size + val_size > num_train:
+        raise UserError(f"train_size + val_size = {train_size} + {val_size} = {train_size + val_size} "
+                        f"exceeds the {num_train} CIFAR-10 training images")
+    if test_size is not None and test_size > num_test:
+        raise UserError(f"test_size = {test_size} exceeds the {num_test} CIFAR-10 test images")
+
+
+def prepare_cifar10(data_dir=None, *, train_size=49000, val_size=1000, test_size=None,
+                    preprocessing="mean_image", download=True, progress=True) -> Dataset:
+    """Load CIFAR-10 once and return the spec's preprocessed split.
+
+    Training is the first `train_size` training images, validation the next
+    `val_size`, test the first `test_size` test images (None: all 10000). The
+    preprocessor is fitted on the training part only. Peak memory is the uint8
+    images plus the float32 outputs (about 0.9 GB for the full split).
+    """
+    _check_split_sizes(train_size, val_size, test_size, NUM_TRAIN, NUM_TEST)   # fail before downloading
+    if preprocessing not in PREPROCESSING_MODES:
+        raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {preprocessing!r}")
+    folder = ensure_cifar10(data_dir, download=download, progress=progress)
+    Xtr, ytr, Xte, yte = load_cifar10_uint8(folder)
+    _check_split_sizes(train_size, val_size, test_size, len(Xtr), len(Xte))   # a smaller replica
+    test_size = len(Xte) if test_size is None else test_size
+
+    train, val = slice(0, train_size), slice(train_size, train_size + val_size)
+    preprocessor = fit_preprocessor(Xtr[train], preprocessing)   # views of the uint8 array, no copies
+    return Dataset(
+        X_train=preprocessor.apply(Xtr[train]), y_train=ytr[train].copy(),
+        X_val=preprocessor.apply(Xtr[val]), y_val=ytr[val].copy(),
+        X_test=preprocessor.apply(Xte[:test_size]), y_test=yte[:test_size].copy(),
+        preprocessor=preprocessor, label_names=load_label_names(folder),
+    )
