@@ -472,3 +472,39 @@ def prepare_cifar10(data_dir=None, *, train_size=49000, val_size=1000, test_size
         X_test=preprocessor.apply(Xte[:test_size]), y_test=yte[:test_size].copy(),
         preprocessor=preprocessor, label_names=load_label_names(folder),
     )
+
+
+@dataclass
+class RawSplit:
+    """The spec's split as raw pixels, for a study: X_* uint8 (N, 3072) rows, y_* int64.
+
+    A study keeps this one uint8 copy (a quarter of float32) and a fitted
+    Preprocessor per mode; each trial preprocesses its minibatches as it
+    draws them, so trials may differ in preprocessing at no memory cost.
+    """
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    preprocessors: dict        # mode -> Preprocessor fitted on X_train
+    label_names: list
+
+
+def load_raw_split(data_dir=None, *, train_size=49000, val_size=1000, test_size=None,
+                   preprocessings=PREPROCESSING_MODES, download=True, progress=True) -> RawSplit:
+    """Load CIFAR-10 once, split it as `prepare_cifar10` does, keep it uint8, fit preprocessors."""
+    _check_split_sizes(train_size, val_size, test_size, NUM_TRAIN, NUM_TEST)   # fail before downloading
+    folder = ensure_cifar10(data_dir, download=download, progress=progress)
+    Xtr, ytr, Xte, yte = load_cifar10_uint8(folder)
+    _check_split_sizes(train_size, val_size, test_size, len(Xtr), len(Xte))
+    test_size = len(Xte) if test_size is None else test_size
+    rows_train, rows_test = _as_rows(Xtr), _as_rows(Xte)          # views: the arrays are contiguous
+    train, val = slice(0, train_size), slice(train_size, train_size + val_size)
+    return RawSplit(
+        X_train=rows_train[train], y_train=ytr[train], X_val=rows_train[val], y_val=ytr[val],
+        X_test=rows_test[:test_size], y_test=yte[:test_size],
+        preprocessors={mode: fit_preprocessor(rows_train[train], mode) for mode in preprocessings},
+        label_names=load_label_names(folder),
+    )

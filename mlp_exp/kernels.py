@@ -50,11 +50,18 @@ def gemm(a, b, out, alpha=1.0, beta=0.0):
     """
     b_op, trans_b = _as_fortran_operand(b)
     a_op, trans_a = _as_fortran_operand(a)
-    result = blas.sgemm(alpha, b_op, a_op, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a,
+    c = out.T
+    result = blas.sgemm(alpha, b_op, a_op, beta=beta, c=c, trans_a=trans_b, trans_b=trans_a,
                         overwrite_c=1)
-    if result.ctypes.data != out.ctypes.data:      # f2py copied: the in-place contract broke
+    if result is not c:        # f2py copied: the in-place contract broke
         raise RuntimeError("sgemm did not write in place; out must be C-contiguous float32")
     return out
+
+
+def _axpy(x, y, a):
+    """y <- a x + y, in place, for 1-D float32 contiguous x, y of equal size (SciPy's saxpy: threaded when large)."""
+    if blas.saxpy(x, y, a=a) is not y:
+        raise RuntimeError("saxpy did not write in place; y must be contiguous float32")
 
 
 class FusedStep:
@@ -65,32 +72,64 @@ class FusedStep:
     - update: "sgd", "momentum" or "rmsprop" (see optim.py for the reference rules)
     - reg, momentum: as in optim.py; the learning rate is passed per step so the
       trainer can decay it.
+
+    All parameters live in one flat buffer laid out [W1, W2, b1, b2], and the
+    optimiser state and small gradients in buffers of the same layout, so that
+    an update touches each big array once per BLAS call instead of once per
+    NumPy expression per parameter: the L2 decay of W1 and W2 is one saxpy over
+    the leading [W1, W2] range, the momentum step one saxpy over everything,
+    and the penalty one sdot over [W1, W2]. `params` and `state` are dicts of
+    views into these buffers.
     """
 
     def __init__(self, params, update, reg, momentum=0.0, rmsprop_decay=0.99, rmsprop_eps=1e-8):
         if update not in ("sgd", "momentum", "rmsprop"):
             raise ValueError(f"update must be sgd, momentum or rmsprop, got {update!r}")
-        self.params = {k: np.array(params[k], dtype=np.float32, order="C") for k in PARAM_NAMES}
+        D, H = np.shape(params["W1"])
+        C = np.shape(params["W2"])[1]
+        shapes = {"W1": (D, H), "W2": (H, C), "b1": (H,), "b2": (C,)}
+        self._W1_size = D * H
+        self._reg_size = D * H + H * C                       # [W1, W2]: the regularised range
+        size = self._reg_size + H + C
+        self._flat = np.empty(size, np.float32)              # [W1, W2, b1, b2]
+        self.params = self._views(self._flat, shapes)
+        for k in PARAM_NAMES:
+            if np.shape(params[k]) != shapes[k]:
+                raise ValueError(f"params[{k!r}] must have shape {shapes[k]} to match W1 {(D, H)} "
+                                 f"and W2 {(H, C)}, got {np.shape(params[k])}")
+            self.params[k][...] = params[k]
         self.update, self.reg, self.momentum = update, float(reg), float(momentum)
         self.rmsprop_decay, self.rmsprop_eps = rmsprop_decay, rmsprop_eps
         # momentum: velocity; rmsprop: running mean of squared gradients
-        self.state = ({k: np.zeros_like(v) for k, v in self.params.items()}
-                      if update != "sgd" else {})
+        self._state_flat = np.zeros(size, np.float32) if update != "sgd" else None
+        self.state = self._views(self._state_flat, shapes) if update != "sgd" else {}
+        # gradients: only [W2, b1, b2] (W1's goes straight into an update GEMM), except for rmsprop
+        self._grad_flat = np.empty(size if update == "rmsprop" else size - self._W1_size, np.float32)
+        grad_small = self._grad_flat[self._W1_size:] if update == "rmsprop" else self._grad_flat
+        self._grads = self._views(grad_small, {k: shapes[k] for k in ("W2", "b1", "b2")})
+        self._grad_small = grad_small
         self._batch_size = None
+
+    @staticmethod
+    def _views(flat, shapes):
+        """Dict of C-contiguous views of consecutive pieces of flat, laid out W1, W2, b1, b2 (absent names skipped)."""
+        views, offset = {}, 0
+        for name in ("W1", "W2", "b1", "b2"):
+            if name in shapes:
+                n = int(np.prod(shapes[name]))
+                views[name] = flat[offset:offset + n].reshape(shapes[name])
+                offset += n
+        return views
 
     def _buffers(self, batch_size):
         if self._batch_size != batch_size:
-            H = self.params["W1"].shape[1]
-            C = self.params["W2"].shape[1]
+            H, C = self.params["W2"].shape
             self._hidden = np.empty((batch_size, H), np.float32)       # (B, H) relu output
             self._active = np.empty((batch_size, H), np.bool_)         # (B, H) relu mask
             self._dhidden = np.empty((batch_size, H), np.float32)      # (B, H)
             self._scores = np.empty((batch_size, C), np.float32)       # (B, C)
-            self._dW2 = np.empty((H, C), np.float32)                   # (H, C)
-            self._rows = np.arange(batch_size)
+            self._row_starts = np.arange(batch_size) * C               # (B,) flat index of each row of scores
             self._batch_size = batch_size
-            # rmsprop needs the explicit W1 gradient
-            self._grad_W1 = np.empty_like(self.params["W1"]) if self.update == "rmsprop" else None
 
     def step(self, X, y, learning_rate) -> float:
         """X (B, D) float32 C-contiguous, y (B,) int -> loss before the update (float)."""
@@ -99,81 +138,82 @@ class FusedStep:
         B = X.shape[0]
         self._buffers(B)
         hidden, active, dhidden, scores = self._hidden, self._active, self._dhidden, self._scores
+        grads = self._grads
         reg, lr = self.reg, float(learning_rate)
+
+        # penalty of the weights before the update: one sdot over [W1, W2]
+        weights = self._flat[:self._reg_size]
+        reg_loss = 0.5 * reg * float(blas.sdot(weights, weights)) if reg else 0.0
 
         # forward
         gemm(X, W1, hidden)                                # (B, H)
         hidden += b1
+        np.greater(hidden, 0, out=active)
         np.maximum(hidden, 0, out=hidden)
         gemm(hidden, W2, scores)                           # (B, C)
         scores += b2
 
-        # softmax loss, with dscores written over scores
+        # softmax loss, with dscores = (softmax - onehot) / B written over scores
         scores -= scores.max(axis=1, keepdims=True)
-        correct = scores[self._rows, y]                    # (B,) shifted score of the true class
+        flat_scores = scores.reshape(-1)
+        true_class = self._row_starts + y                  # (B,) flat index of each row's true class
+        correct = float(flat_scores[true_class].sum())     # sum of the true classes' shifted scores
         np.exp(scores, out=scores)
         sums = scores.sum(axis=1)                          # (B,)
-        data_loss = float(np.mean(np.log(sums) - correct))
-        flat_W1, flat_W2 = W1.reshape(-1), W2.reshape(-1)
-        reg_loss = 0.5 * reg * (float(blas.sdot(flat_W1, flat_W1)) + float(blas.sdot(flat_W2, flat_W2)))
-        scores /= sums[:, None]
-        scores[self._rows, y] -= 1
-        scores *= 1.0 / B
+        data_loss = (float(np.log(sums).sum()) - correct) / B
+        np.divide(1.0 / B, sums, out=sums)
+        scores *= sums[:, None]
+        flat_scores[true_class] -= 1.0 / B
         dscores = scores                                   # (B, C)
 
-        # second layer gradients, then back through the relu
-        dW2 = gemm(hidden.T, dscores, self._dW2)           # (H, C)
-        dW2 += reg * W2
-        db2 = dscores.sum(axis=0)
+        # second layer gradients (W2's without the L2 term: the update adds it), then back through the relu
+        gemm(hidden.T, dscores, grads["W2"])               # (H, C)
+        np.sum(dscores, axis=0, out=grads["b2"])
         gemm(dscores, W2.T, dhidden)                       # (B, H)
-        np.greater(hidden, 0, out=active)
         np.multiply(dhidden, active, out=dhidden)
-        db1 = dhidden.sum(axis=0)
+        np.sum(dhidden, axis=0, out=grads["b1"])
 
-        self._update_small(dW2, db2, db1, lr)
-        self._update_W1(X, dhidden, lr)
+        if self.update == "momentum":
+            self._momentum_update(X, dhidden, lr)
+        elif self.update == "sgd":
+            self._sgd_update(X, dhidden, lr)
+        else:
+            self._rmsprop_update(X, dhidden, lr)
         return data_loss + reg_loss
 
-    def _update_small(self, dW2, db2, db1, lr):
-        # W2, b1, b2 are tiny: plain NumPy, same formulas as optim.py
-        for name, grad in (("W2", dW2), ("b2", db2), ("b1", db1)):
-            w = self.params[name]
-            if self.update == "sgd":
-                w -= lr * grad
-            elif self.update == "momentum":
-                v = self.state[name]
-                v *= self.momentum
-                v -= lr * grad
-                w += v
-            else:
-                cache = self.state[name]
-                cache *= self.rmsprop_decay
-                cache += (1 - self.rmsprop_decay) * grad * grad
-                w -= lr * grad / np.sqrt(cache + self.rmsprop_eps)
+    def _momentum_update(self, X, dhidden, lr):
+        # v <- mu v - lr (dW + reg W); W <- W + v, for all four parameters
+        flat, velocity, n1, nreg = self._flat, self._state_flat, self._W1_size, self._reg_size
+        # W1: v <- mu v - lr X.T dh inside the GEMM (X.T, dhidden.T are F-ordered views: no copies)
+        gemm(X.T, dhidden, self.state["W1"], alpha=-lr, beta=self.momentum)
+        small_velocity = velocity[n1:]                     # [W2, b1, b2], tiny
+        small_velocity *= self.momentum
+        _axpy(self._grad_small, small_velocity, -lr)
+        if self.reg:
+            _axpy(flat[:nreg], velocity[:nreg], -lr * self.reg)   # L2 term of W1 and W2 at once
+        _axpy(velocity, flat, 1.0)
 
-    def _update_W1(self, X, dhidden, lr):
-        W1 = self.params["W1"]
-        # W1.T, X.T, dhidden.T are Fortran-ordered views: BLAS works on them in place.
-        if self.update == "sgd":
-            # W1 <- (1 - lr reg) W1 - lr X.T dh : gradient, decay and step in one GEMM
-            gemm(X.T, dhidden, W1, alpha=-lr, beta=1.0 - lr * self.reg)
-        elif self.update == "momentum":
-            v = self.state["W1"]
-            # v <- mu v - lr X.T dh, in the GEMM; then v -= lr reg W1; W1 += v
-            gemm(X.T, dhidden, v, alpha=-lr, beta=self.momentum)
-            if self.reg:
-                blas.saxpy(W1.reshape(-1), v.reshape(-1), a=-lr * self.reg)
-            W1 += v
-        else:
-            grad = self._grad_W1
-            np.copyto(grad, W1)
-            gemm(X.T, dhidden, grad, beta=self.reg)        # grad <- X.T dh + reg W1
-            cache = self.state["W1"]
-            cache *= self.rmsprop_decay
-            cache += (1 - self.rmsprop_decay) * grad * grad
-            grad /= np.sqrt(cache + self.rmsprop_eps)
-            grad *= lr
-            W1 -= grad
+    def _sgd_update(self, X, dhidden, lr):
+        W2 = self.params["W2"]
+        if self.reg:
+            _axpy(W2.reshape(-1), self._grads["W2"].reshape(-1), self.reg)
+        # W1 <- (1 - lr reg) W1 - lr X.T dh : gradient, decay and step in one GEMM
+        gemm(X.T, dhidden, self.params["W1"], alpha=-lr, beta=1.0 - lr * self.reg)
+        _axpy(self._grad_small, self._flat[self._W1_size:], -lr)
+
+    def _rmsprop_update(self, X, dhidden, lr):
+        W1, W2 = self.params["W1"], self.params["W2"]
+        grad, cache = self._grad_flat, self._state_flat      # full [W1, W2, b1, b2] layout
+        grad_W1 = grad[:self._W1_size].reshape(W1.shape)
+        np.copyto(grad_W1, W1)
+        gemm(X.T, dhidden, grad_W1, beta=self.reg)         # dW1 <- X.T dh + reg W1
+        if self.reg:
+            _axpy(W2.reshape(-1), self._grads["W2"].reshape(-1), self.reg)
+        decay = self.rmsprop_decay
+        cache *= decay
+        cache += (1 - decay) * grad * grad
+        grad /= np.sqrt(cache + self.rmsprop_eps)
+        _axpy(grad, self._flat, -lr)
 
 
 def predict_float32(params, X, batch_size=4096):

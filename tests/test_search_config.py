@@ -1,0 +1,67 @@
+"""Trial -> TrainConfig mapping and --fixed parsing (no training, no MLflow)."""
+import optuna
+import pytest
+
+from mlp_exp.config import TrainConfig
+from mlp_exp.errors import UserError
+from mlp_exp.search import (SEARCH_SPACE, SPEC_BASELINE, StudySettings, config_for_trial,
+                            parse_fixed)
+
+
+def ask(study, **attrs):
+    trial = study.ask()
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return trial
+
+
+def test_searched_trial_draws_every_space_parameter_within_range():
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    settings = StudySettings(max_epochs=12, train_size=900, val_size=100, seed=5)
+    trial = ask(study)
+    config = config_for_trial(trial, settings)
+    assert isinstance(config, TrainConfig)
+    assert set(trial.params) == set(SEARCH_SPACE)
+    for name, (kind, low, high) in SEARCH_SPACE.items():
+        assert low <= getattr(config, name) <= high
+    assert (config.num_epochs, config.train_size, config.val_size, config.seed) == (12, 900, 100, 5)
+
+
+def test_fixed_values_leave_the_space_and_win():
+    study = optuna.create_study(direction="maximize")
+    settings = StudySettings(fixed={"hidden_size": 64, "flip": False})
+    trial = ask(study)
+    config = config_for_trial(trial, settings)
+    assert "hidden_size" not in trial.params
+    assert config.hidden_size == 64 and config.flip is False
+
+
+def test_baseline_trial_replays_spec_grid_best():
+    study = optuna.create_study(direction="maximize")
+    trial = ask(study, baseline="spec")
+    config = config_for_trial(trial, StudySettings(max_epochs=3))
+    assert trial.params == {}
+    assert config.hidden_size == SPEC_BASELINE["hidden_size"] == 500
+    assert (config.learning_rate, config.reg, config.preprocessing) == (1e-5, 1.0, "mean_image")
+    assert config.num_epochs == 3            # --max-epochs caps even the baseline
+
+
+def test_parse_fixed_types_values():
+    assert parse_fixed(["hidden_size=500", "flip=false", "reg=1e-3", "update=sgd"]) == {
+        "hidden_size": 500, "flip": False, "reg": 1e-3, "update": "sgd"}
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("hidden=5", "unknown key 'hidden'"),
+    ("hidden_size=big", "hidden_size takes a value of type int"),
+    ("hidden_size=0", "hidden_size must be an integer >= 1"),
+    ("momentum=1.5", "momentum must be in [0, 1)"),
+    ("update=adam", "update must be one of"),
+    ("novalue", "--fixed takes KEY=VALUE"),
+    ("seed=3", "set by --seed"),
+])
+def test_parse_fixed_rejects_bad_pairs(pair, message):
+    with pytest.raises(UserError, match=None) as info:
+        parse_fixed([pair])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
