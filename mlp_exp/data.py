@@ -106,7 +106,7 @@ def ensure_cifar10(data_dir=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10
     if not download:
         raise DataError(f"CIFAR-10 not found at {folder}; pass --data-dir or set {DATA_DIR_ENV} to the "
                         f"folder containing {BATCHES_FOLDER}/, or allow the download from {url}")
-    created_data_dir = not data_dir.exists()
+    created = [d for d in (data_dir, *data_dir.parents) if not d.exists()]   # innermost first
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -147,11 +147,12 @@ def ensure_cifar10(data_dir=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10
             archive.unlink(missing_ok=True)
         if extract_dir is not None:
             shutil.rmtree(extract_dir, ignore_errors=True)
-        if not done and created_data_dir:
-            try:
-                data_dir.rmdir()    # leave no empty folder behind a failed download; never a non-empty one
-            except OSError:
-                pass
+        if not done:        # leave no empty folder behind a failed download; never a non-empty one
+            for created_dir in created:
+                try:
+                    created_dir.rmdir()
+                except OSError:
+                    break
     return folder
 
 
@@ -456,21 +457,16 @@ def prepare_cifar10(data_dir=None, *, train_size=49000, val_size=1000, test_size
     preprocessor is fitted on the training part only. Peak memory is the uint8
     images plus the float32 outputs (about 0.9 GB for the full split).
     """
-    _check_split_sizes(train_size, val_size, test_size, NUM_TRAIN, NUM_TEST)   # fail before downloading
     if preprocessing not in PREPROCESSING_MODES:
         raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {preprocessing!r}")
-    folder = ensure_cifar10(data_dir, download=download, progress=progress)
-    Xtr, ytr, Xte, yte = load_cifar10_uint8(folder)
-    _check_split_sizes(train_size, val_size, test_size, len(Xtr), len(Xte))   # a smaller replica
-    test_size = len(Xte) if test_size is None else test_size
-
-    train, val = slice(0, train_size), slice(train_size, train_size + val_size)
-    preprocessor = fit_preprocessor(Xtr[train], preprocessing)   # views of the uint8 array, no copies
+    raw = load_raw_split(data_dir, train_size=train_size, val_size=val_size, test_size=test_size,
+                         preprocessings=(preprocessing,), download=download, progress=progress)
+    preprocessor = raw.preprocessors[preprocessing]
     return Dataset(
-        X_train=preprocessor.apply(Xtr[train]), y_train=ytr[train].copy(),
-        X_val=preprocessor.apply(Xtr[val]), y_val=ytr[val].copy(),
-        X_test=preprocessor.apply(Xte[:test_size]), y_test=yte[:test_size].copy(),
-        preprocessor=preprocessor, label_names=load_label_names(folder),
+        X_train=preprocessor.apply(raw.X_train), y_train=raw.y_train.copy(),
+        X_val=preprocessor.apply(raw.X_val), y_val=raw.y_val.copy(),
+        X_test=preprocessor.apply(raw.X_test), y_test=raw.y_test.copy(),
+        preprocessor=preprocessor, label_names=raw.label_names,
     )
 
 

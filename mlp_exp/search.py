@@ -10,17 +10,27 @@ is the test set used, once.
 
     python -m mlp_exp.search --trials 50          # then: mlflow ui / python -m mlp_exp.evaluate
 
+A study outlives its processes: any number of them (`--workers N`, or more on
+other machines sharing `--storage` and `--tracking-uri`) run it together, and the
+same command resumes it. A trial whose worker dies is failed by the heartbeat
+check and retried, Ctrl-C or SIGTERM closes the running trial and queues it
+again, and the storage waits out a database restart (README: Scale out).
+
 This is the only module that imports Optuna. `config_for_trial` is the one
 place a trial becomes a TrainConfig; below it nothing knows about Optuna.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
+import random
 import signal
+import socket
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +42,7 @@ from optuna.trial import TrialState
 from . import cli
 from .config import TrainConfig, field_names, parse_value
 from .errors import UserError
+from .progress import StudyProgress, TrialOutcome
 from .trainer import StopTraining, train
 
 log = logging.getLogger("mlp_exp.search")
@@ -43,13 +54,15 @@ DEFAULT_TRIALS = 50
 DEFAULT_MAX_EPOCHS = 30
 
 # The search space, as data: name -> (kind, low, high) or ("categorical", choices).
-# Ranges are for standardized inputs (unit variance per pixel).
+# Ranges are for standardized inputs (unit variance per pixel); measured on the
+# replica, hidden 1000, lr 5e-3, reg 1e-3, decay 0.93 for 30 epochs reaches
+# val 0.59 / test 0.577, so the ranges are centred there with room each way.
 SEARCH_SPACE = {
-    "hidden_size": ("int_log", 100, 1500),
-    "learning_rate": ("float_log", 3e-4, 3e-2),
-    "reg": ("float_log", 1e-5, 3e-2),
+    "hidden_size": ("int_log", 300, 2000),
+    "learning_rate": ("float_log", 1e-3, 3e-2),
+    "reg": ("float_log", 1e-5, 1e-2),
     "momentum": ("float", 0.8, 0.95),
-    "lr_decay": ("float", 0.85, 1.0),
+    "lr_decay": ("float", 0.85, 0.98),
 }
 
 # Settings every searched trial starts from (the search space and --fixed override them).
@@ -68,6 +81,7 @@ SPEC_BASELINE = dict(
 )
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"     # which process ran a trial (user attr, run tag)
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ class StudySettings:
     heartbeat: int = 30
     quiet: bool = False
     finalize: bool = True
+    sampler: str = "tpe"            # tpe | random (a plain random-search baseline)
+    pruner: str = "hyperband"       # hyperband | none
 
 
 # ----------------------------------------------------------------- trial -> config
@@ -151,34 +167,233 @@ def parse_fixed(pairs) -> dict:
 
 # ----------------------------------------------------------------- storage and study
 
-def open_storage(url: str, heartbeat: int, on_stale=None):
-    """An RDB storage with heartbeats, so a trial whose process died is failed and retried."""
+STORAGE_PATIENCE = 120.0   # seconds a worker waits for a lost database before giving up
+
+
+class StorageLost(UserError):
+    """The Optuna storage stayed unreachable for longer than a worker waits for it."""
+
+
+def _connection_lost(err, sqlite: bool) -> bool:
+    """Whether `err` (or what caused it) is a lost connection or a busy lock: worth retrying."""
+    from sqlalchemy import exc
+
+    for _ in range(5):
+        if err is None:
+            return False
+        if isinstance(err, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError,
+                            exc.TimeoutError)) or getattr(err, "connection_invalidated", False):
+            # sqlite's OperationalError also means "no such table" or "not a database": only a lock is passing
+            return not sqlite or any(word in str(err).lower() for word in ("locked", "busy"))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class PatientRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage that rides out a database restart, a network blip or a busy SQLite lock.
+
+    Once opened, a call that fails on a lost connection is retried with
+    back-off for up to `patience` seconds (the pool re-validates connections,
+    so a restarted server is simply reconnected to); past that, StorageLost
+    says how to resume. Heartbeats are sent once per interval and a failed one
+    is skipped, so the heartbeat thread never blocks the end of a trial. After
+    an outage nobody's heartbeat got through: stale trials are not failed until
+    one grace period after the storage came back, so live peers can report in.
+    A running trial that never sent a heartbeat (its process died right after
+    taking it) gets one on its behalf, so it too goes stale and is retried.
+    """
+
+    def __init__(self, *args, patience: float = STORAGE_PATIENCE, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.patience = patience
+        self._sqlite = self.url.startswith("sqlite")
+        self._local = threading.local()
+        self._outage_since = None           # time.monotonic() of the first failure, while it lasts
+        self._outage_reported = False
+        self._settle_until = 0.0
+
+    def _patiently(self, method, *args, **kwargs):
+        local = getattr(self, "_local", None)
+        if local is None or getattr(local, "busy", False):   # during __init__, or a nested call
+            return method(self, *args, **kwargs)
+        local.busy, delay, first_failure = True, 0.25, None
+        try:
+            while True:
+                try:
+                    result = method(self, *args, **kwargs)
+                except Exception as err:
+                    if not _connection_lost(err, self._sqlite):
+                        raise
+                    self._note_failure(err)
+                    first_failure = first_failure or time.monotonic()
+                    if time.monotonic() - first_failure > self.patience:
+                        raise StorageLost(
+                            f"lost the Optuna storage {_safe_url(self.url)} for more than "
+                            f"{self.patience:.0f} s ({_first_line(err)}); finished trials are saved "
+                            f"there: once it is back, run the same command again to resume") from None
+                    time.sleep(delay)
+                    delay = min(2 * delay, 1.0)
+                    continue
+                self._note_success()
+                return result
+        finally:
+            local.busy = False
+
+    # the outage bookkeeping below is shared by the trial's thread and its heartbeat thread:
+    # each reads self._outage_since once, so a reset by the other thread does no harm
+    def _note_failure(self, err) -> None:
+        now, since = time.monotonic(), self._outage_since
+        if since is None:
+            self._outage_since, self._outage_reported = now, False
+        elif not self._outage_reported and now - since > 2:      # not a passing lock
+            self._outage_reported = True
+            log.warning("Optuna storage unreachable (%s); waiting up to %.0f s for it",
+                        _first_line(err), self.patience)
+
+    def _note_success(self) -> None:
+        since = self._outage_since
+        if since is not None:
+            now, self._outage_since = time.monotonic(), None
+            if now - since >= (self.heartbeat_interval or 0):     # long enough to have missed heartbeats
+                self._settle_until = now + (self.grace_period or 0)
+            if self._outage_reported:
+                log.warning("Optuna storage reachable again")
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as err:
+            if not _connection_lost(err, self._sqlite):
+                raise
+            self._note_failure(err)         # skipped: the thread tries again next interval
+        else:
+            self._note_success()
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if time.monotonic() < self._settle_until:
+            return []
+        self._patiently(PatientRDBStorage._give_silent_trials_a_heartbeat, study_id)
+        return self._patiently(optuna.storages.RDBStorage._get_stale_trial_ids, study_id)
+
+    def _give_silent_trials_a_heartbeat(self, study_id: int) -> None:
+        from optuna.storages._rdb import models
+
+        session = self.scoped_session()
+        try:
+            silent = [row[0] for row in session.query(models.TrialModel.trial_id).filter(
+                models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING,
+                ~models.TrialModel.heartbeats.any())]
+            session.commit()
+        finally:
+            session.close()
+        for trial_id in silent:
+            optuna.storages.RDBStorage.record_heartbeat(self, trial_id)
+
+
+def _make_patient(name):
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def patient(self, *args, **kwargs):
+        return self._patiently(method, *args, **kwargs)
+    return patient
+
+
+# every call that opens a database session (what _CachedStorage and Study call)
+for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+              "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+              "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+              "get_trial_system_attrs", "get_all_studies", "create_new_trial", "_create_new_trial",
+              "set_trial_param", "_set_trial_param", "get_trial_param", "set_trial_state_values",
+              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+              "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial",
+              "get_all_trials", "_get_trials", "get_n_trials", "get_best_trial", "_get_best_trial_id"):
+    if hasattr(optuna.storages.RDBStorage, _name):
+        setattr(PatientRDBStorage, _name, _make_patient(_name))
+
+
+def _first_line(err) -> str:
+    err = getattr(err, "orig", None) or err.__cause__ or err
+    return " ".join(str(err).strip().splitlines()[:1]) or type(err).__name__
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _postgresql_driver(url: str) -> str:
+    """postgresql://... names no driver and SQLAlchemy 2.1 then wants psycopg 3: use psycopg2
+    (what the project installs) unless psycopg 3 is there."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+    if importlib.util.find_spec("psycopg") is not None:
+        return url
+    return "postgresql+psycopg2://" + url[len("postgresql://"):]
+
+
+def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STORAGE_PATIENCE):
+    """An RDB storage with heartbeats, so a trial whose process died is failed and retried.
+
+    Opening checks the URL and that the database answers (a UserError if not);
+    afterwards the storage waits out outages of up to `patience` seconds.
+    """
     from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
     engine_kwargs = {}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"cannot create the folder of Optuna storage {url!r}: "
+                                f"{_first_line(err)}; pass --storage sqlite:///<writable folder>/optuna.db") from None
         # Several workers share one SQLite file: wait for the lock instead of failing.
         engine_kwargs = {"connect_args": {"timeout": 120}}
     elif url.startswith(("postgresql", "mysql")):
-        engine_kwargs = {"pool_pre_ping": True}
-    try:
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-            grace_period=2 * heartbeat, heartbeat_stale_trial_callback=on_stale)
-        if url.startswith("sqlite:///"):
-            with storage.engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-    except (ArgumentError, OperationalError, SQLAlchemyError, ValueError, ModuleNotFoundError) as err:
-        detail = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        raise UserError(f"cannot open Optuna storage {url!r}: {detail}; check the --storage URL "
-                        "(sqlite:///path.db or postgresql://user:pass@host:port/db) and that the "
-                        "database server is running") from None
-    return storage
+        engine_kwargs = {"pool_pre_ping": True}       # a restarted server is reconnected to
+        if url.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for attempt in range(6):
+        try:
+            storage = PatientRDBStorage(
+                _postgresql_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat, heartbeat_stale_trial_callback=on_stale, patience=patience)
+            if url.startswith("sqlite:///"):
+                with storage.engine.connect() as connection:
+                    connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return storage
+        except (ArgumentError, OperationalError, SQLAlchemyError, ValueError, ImportError,
+                optuna.exceptions.StorageInternalError) as err:
+            # workers opening a new database at once race to create its tables (or hold its lock)
+            if attempt < 5 and (_schema_race(err) or _connection_lost(err, sqlite=True)):
+                time.sleep(0.2 + random.random())
+                continue
+            hint = " (the scheme is postgresql://, not postgres://)" if url.startswith("postgres://") else ""
+            raise UserError(f"cannot open Optuna storage {_safe_url(url)!r}: {_first_line(err)}{hint}; check "
+                            "the --storage URL (sqlite:///path.db or postgresql://user:pass@host:port/db) "
+                            "and that the database server is running") from None
 
+
+def _schema_race(err) -> bool:
+    """Whether `err` comes from another process creating the same tables first."""
+    from sqlalchemy.exc import IntegrityError
+
+    for _ in range(5):
+        if err is None:
+            return False
+        text = str(err).lower()
+        if isinstance(err, IntegrityError) or "already exists" in text or "duplicate key" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 def counts(study) -> dict:
     by_state = {state: 0 for state in TrialState}
@@ -189,6 +404,49 @@ def counts(study) -> dict:
             "waiting": by_state[TrialState.WAITING], "failed": by_state[TrialState.FAIL]}
 
 
+def progress_outcomes(study) -> list:
+    """The study's finished trials as progress.TrialOutcome (plain values; progress knows no Optuna)."""
+    outcomes = []
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        epochs = max(t.intermediate_values, default=0)          # the last epoch reported
+        value = t.value if t.value is not None else t.intermediate_values.get(epochs)
+        state = t.state.name.lower()
+        if "diverged_at_epoch" in t.user_attrs:
+            state, epochs = "diverged", t.user_attrs["diverged_at_epoch"]
+        outcomes.append(TrialOutcome(t.number, state, value, epochs))
+    return outcomes
+
+
+def load_study(study_name: str, storage: str = DEFAULT_STORAGE):
+    """An existing study, to read (reports); a missing storage file or study is a UserError."""
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+        raise UserError(f"no Optuna storage at {storage!r}; pass the --storage the search used")
+    rdb = open_storage(storage, heartbeat=StudySettings.heartbeat)
+    try:
+        return optuna.load_study(study_name=study_name, storage=rdb)
+    except KeyError:
+        names = optuna.get_all_study_names(rdb)
+        raise UserError(f"no study {study_name!r} in {storage}; studies there: "
+                        f"{', '.join(names) or 'none'}") from None
+
+
+def searched_view(study, names):
+    """For the report's parameter plots: (view, importances). `view` is an in-memory copy of `study`
+    holding only the trials that sampled every one of `names` (the baseline samples none);
+    `importances` their normalised fANOVA importances, {} before two of them complete."""
+    view = optuna.create_study(study_name=study.study_name, directions=study.directions)
+    view.add_trials([t for t in study.get_trials(deepcopy=False) if set(names) <= set(t.params)])
+    importances = {}
+    if names and len(view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = dict(optuna.importance.get_param_importances(view, params=list(names)))
+        except (ValueError, RuntimeError):      # nothing varied
+            pass
+    return view, importances
+
+
 class Surplus(Exception):
     """A worker started a trial although the target was already covered (a race between workers)."""
 
@@ -196,13 +454,32 @@ class Surplus(Exception):
 # ----------------------------------------------------------------- the objective
 
 class Objective:
-    """Trains one trial: config from the trial, tracking and pruning as callbacks."""
+    """Trains one trial: config from the trial, tracking and pruning as callbacks.
+
+    The trial's MLflow run reaches its final status before Optuna hears the
+    outcome, so a worker killed at any moment leaves either a finished trial
+    with a closed run or a running trial that the heartbeat check fails and
+    retries (closing its run FAILED). `current` is (trial number, run id or
+    None) of the trial in hand, for run_worker to settle a trial a peer failed.
+    """
 
     def __init__(self, settings: StudySettings, data, tracker, extra_callbacks=()):
         self.settings, self.data, self.tracker = settings, data, tracker
         self.extra_callbacks = list(extra_callbacks)
+        self.current = None
 
     def __call__(self, trial):
+        self.current = (trial.number, None)
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, Surplus, StorageLost, optuna.exceptions.UpdateFinishedTrialError):
+            raise                           # expected, or reported where they end the worker
+        except Exception as err:            # Optuna records it as FAIL and the study goes on
+            log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, _one_line(err),
+                        exc_info=not isinstance(err, UserError))
+            raise
+
+    def _run(self, trial):
         study, settings = trial.study, self.settings
         ahead = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED + (
             TrialState.RUNNING, TrialState.WAITING)) if t.number < trial.number)
@@ -211,9 +488,28 @@ class Objective:
             raise Surplus(f"trial {trial.number} not needed: {ahead} trials cover the target")
 
         config = config_for_trial(trial, settings)
-        run = self.tracker.start_trial(trial.number, config)
-        trial.set_user_attr("mlflow_run_id", run.run_id)
-        trial.set_user_attr("config", config.asdict())
+        run = self.tracker.start_trial(trial.number, config, tags={"mlp_exp.worker": WORKER})
+        self.current = (trial.number, run.run_id)
+        try:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            trial.set_user_attr("worker", WORKER)
+            trial.set_user_attr("config", config.asdict())
+            return self._train(trial, config, run)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            try:
+                _close(run, "KILLED", {"stop_reason": "interrupted"})
+                retry(study, trial, "interrupted")
+            except Exception as err:        # must not turn the interrupt into a failed trial
+                log.warning("trial %d: cleanup after the interrupt failed: %s", trial.number, _one_line(err))
+            raise
+        except Exception as err:
+            _close(run, "FAILED", {"error": _one_line(f"{type(err).__name__}: {err}")})
+            raise
+
+    def _train(self, trial, config: TrainConfig, run):
+        study = trial.study
 
         def prune(stats):
             trial.report(stats.val_accuracy, stats.epoch)
@@ -221,27 +517,18 @@ class Objective:
                 raise StopTraining(f"pruned at epoch {stats.epoch}: validation accuracy "
                                    f"{stats.val_accuracy:.4f} below the pruner's cut")
 
-        try:
-            result = train(self.data.X_train, self.data.y_train, self.data.X_val, self.data.y_val,
-                           config, callbacks=[run.log_epoch, prune, *self.extra_callbacks],
-                           preprocessor=self.data.preprocessors[config.preprocessing])
-        except KeyboardInterrupt:
-            run.end("KILLED", {"stop_reason": "interrupted"})
-            retry_later(study, trial)
-            raise
-        except Exception as err:
-            run.end("FAILED", {"error": f"{type(err).__name__}: {err}"})
-            raise
+        result = train(self.data.X_train, self.data.y_train, self.data.X_val, self.data.y_val,
+                       config, callbacks=[run.log_epoch, prune, *self.extra_callbacks],
+                       preprocessor=self.data.preprocessors[config.preprocessing])
         run.log_result(result)
         if result.diverged:
             epoch = result.epochs[-1].epoch
-            run.end("KILLED", {"stop_reason": "diverged", "diverged": "true",
-                               "pruned_at_epoch": str(epoch)})
             trial.set_user_attr("diverged_at_epoch", epoch)
+            _close(run, "KILLED", {"stop_reason": "diverged", "diverged": "true", "pruned_at_epoch": str(epoch)})
             raise optuna.TrialPruned(f"diverged (non-finite loss) in epoch {epoch}")
         if result.stop_reason:
             epoch = result.epochs[-1].epoch
-            run.end("KILLED", {"stop_reason": result.stop_reason, "pruned_at_epoch": str(epoch)})
+            _close(run, "KILLED", {"stop_reason": result.stop_reason, "pruned_at_epoch": str(epoch)})
             raise optuna.TrialPruned(result.stop_reason)
         best_so_far = max((t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                            if t.value is not None), default=-math.inf)
@@ -250,58 +537,174 @@ class Objective:
             run.log_model(result.best_params, self.data.preprocessors[config.preprocessing],
                           config, self.data.label_names)
             trial.set_user_attr("has_model", True)
-        run.end("FINISHED")
+        _close(run, "FINISHED")
         return result.best_val_accuracy
 
 
-def retry_later(study, trial):
-    """Queue the interrupted trial's configuration so the resumed study runs it again."""
-    attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("mlflow_run_id", "config")}
-    study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
+def _close(run, status: str, tags: dict | None = None) -> None:
+    """End a TrialRun with `status` and wait until MLflow has it, even if it was ended before."""
+    if not run.ended:
+        run.end(status, tags, wait=True)
+    else:                               # ended, then something failed: the last word is `status`
+        run.wait()
+        run.tracker.end_run(run.run_id, status, tags)
+
+
+def _one_line(text, limit=500) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+RETRIED_ATTRS = ("baseline",)           # user attrs a retry keeps; the rest belong to the failed attempt
+MAX_RETRY = 3
+
+
+def retry(study, trial, reason: str, max_retry: int = MAX_RETRY) -> None:
+    """Queue a failed or interrupted trial's configuration as a new waiting trial.
+
+    The retry gets a new trial number (and its own MLflow run); system attrs
+    `failed_trial` and `retry_history` (as optuna.storages.RetryHeartbeatStaleTrialCallback
+    writes them) lead back to the original. After `max_retry` retries the
+    configuration is dropped and the sampler proposes a new one.
+    """
+    if not isinstance(trial, optuna.trial.FrozenTrial):     # a live Trial: its stored state
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > max_retry:
+        log.warning("trial %d %s; its configuration already ran %d times, not retrying it",
+                    trial.number, reason, len(history))
+        return
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in RETRIED_ATTRS}
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={**attrs, "retry_of": trial.number, "retry_reason": reason},
+        system_attrs={"failed_trial": history[0], "retry_history": history}))
+
+
+def stale_trial_handler(tracker):
+    """The storage's callback for a trial whose heartbeat stopped (kill -9, lost machine, cut network):
+    Optuna has failed it; close its MLflow run FAILED and queue its configuration again."""
+    def on_stale(study, failed_trial):
+        try:
+            run_ids = {failed_trial.user_attrs.get("mlflow_run_id")} - {None}
+            if tracker.study_name is not None:   # also a run created just before the worker died
+                run_ids |= {r.run_id for r in tracker.find_trial_runs(failed_trial.number, ("RUNNING",))}
+            for run_id in run_ids:
+                tracker.end_run(run_id, "FAILED", {"error": "its worker stopped sending heartbeats "
+                                                            "(killed or cut off); the trial was retried"})
+        except Exception as err:            # never let MLflow trouble stop the retry; reconcile closes it later
+            log.warning("could not close the MLflow run of stale trial %d: %s", failed_trial.number,
+                        _one_line(err))
+        retry(study, failed_trial, "stopped sending heartbeats")
+        log.warning("trial %d: its worker stopped sending heartbeats; failed it and queued its "
+                    "configuration again", failed_trial.number)
+    return on_stale
 
 
 # ----------------------------------------------------------------- running a study
 
-def make_study(settings: StudySettings, tracker):
-    def on_stale(study, failed_trial):
-        # Its process died (kill -9, lost machine): close its MLflow run and retry its configuration.
-        run_id = failed_trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            tracker.end_run(run_id, "FAILED", {"error": "worker died (no heartbeat); trial retried"})
-        optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, failed_trial)
-
-    storage = open_storage(settings.storage, settings.heartbeat, on_stale)
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=10,
-                                         multivariate=True, constant_liar=True)
-    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.max_epochs,
-                                            reduction_factor=3)
-    study = optuna.create_study(study_name=settings.study_name, storage=storage, sampler=sampler,
-                                pruner=pruner, direction="maximize", load_if_exists=True)
-    if not study.get_trials(deepcopy=False):
+def make_study(settings: StudySettings, tracker, storage=None):
+    """Create the study, or load it when it exists; only its creator queues the baseline trial."""
+    if storage is None:
+        storage = open_storage(settings.storage, settings.heartbeat, stale_trial_handler(tracker))
+    if settings.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=settings.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=10,
+                                             multivariate=True, constant_liar=True)
+    if settings.pruner == "none":
+        pruner = optuna.pruners.NopPruner()
+    else:
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.max_epochs,
+                                                reduction_factor=3)
+    try:
+        study = optuna.create_study(study_name=settings.study_name, storage=storage, sampler=sampler,
+                                    pruner=pruner, direction="maximize")
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:      # resuming, or a peer created it first
+        study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+        created = not study.get_trials(deepcopy=False)     # its creator died before queuing
+    if created:
         study.enqueue_trial({}, user_attrs={"baseline": "spec notebook's best grid configuration"},
                             skip_if_exists=True)
     return study
 
 
-def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0):
+def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0, progress=None,
+               checkpoint=None):
     """Run trials until the study has `settings.trials` finished (complete or pruned) trials.
 
     Near the end, a worker whose peers hold the last trials waits instead of
     starting surplus ones: should a peer die, its trial is failed by the
     heartbeat check and comes back as a waiting retry, which this worker runs.
+    `progress` (a progress.StudyProgress) is shown every finished trial, any worker's;
+    `checkpoint()` is called before each step (Interrupts.check).
+    On the way out, MLflow runs left RUNNING by trials that have finished are closed.
     """
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     while True:
+        if checkpoint is not None:
+            checkpoint()
+        if progress is not None:
+            progress.update(progress_outcomes(study))
         if deadline is not None and time.monotonic() >= deadline:
-            return "timeout"
+            outcome = "timeout"
+            break
         c = counts(study)
         if c["finished"] >= settings.trials:
-            return "done"
+            outcome = "done"
+            break
         if c["finished"] + c["running"] >= settings.trials and not c["waiting"]:
             time.sleep(poll_seconds)
             optuna.storages.fail_stale_trials(study)
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        objective.current = None
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            if not settle_lost_trial(study, objective):
+                raise
+    try:
+        reconcile_runs(study, objective.tracker)
+    except Exception as err:                # MLflow unreachable: the next worker to finish does it
+        log.warning("could not check for MLflow runs left RUNNING: %s", _one_line(err))
+    return outcome
+
+
+def settle_lost_trial(study, objective) -> bool:
+    """After Optuna could not record a trial's outcome: True if the trial was already finished by
+    someone else (a peer failed it when its heartbeats did not get through), with its run made to agree."""
+    if objective.current is None:
+        return False
+    number, run_id = objective.current
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or not trial.state.is_finished():
+        return False
+    if trial.state == TrialState.FAIL and run_id is not None:
+        try:
+            objective.tracker.end_run(run_id, "FAILED", {"error": "failed by a peer: its heartbeats did "
+                                                                  "not reach the storage; the trial was retried"})
+        except Exception as err:            # reconcile_runs closes it later
+            log.warning("could not close the MLflow run of trial %d: %s", number, _one_line(err))
+        log.warning("trial %d was failed by a peer (its heartbeats did not reach the storage); "
+                    "its configuration runs again", number)
+    return True
+
+
+def reconcile_runs(study, tracker) -> int:
+    """Close MLflow trial runs still RUNNING although their Optuna trial has finished (e.g. their
+    worker died while MLflow was unreachable); returns how many were closed."""
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in tracker.find_trial_runs(statuses=("RUNNING",)):
+        state = states.get(run.trial_number)
+        if state is None or not state.is_finished():
+            continue
+        status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED")
+        tracker.end_run(run.run_id, status, {"mlp_exp.reconciled": f"closed after trial {state.name}"})
+        closed += 1
+    return closed
 
 
 def finalize(study, settings: StudySettings, tracker, data, out=print):
@@ -415,7 +818,12 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     p.add_argument("--no-finalize", dest="finalize", action="store_false",
                    help="only run trials; leave promotion and test scoring to another process")
+    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
+                   help="tpe (default) or random: plain random search, as a baseline")
+    p.add_argument("--pruner", choices=("hyperband", "none"), default="hyperband",
+                   help="hyperband (default) stops poor trials early; none trains every trial fully")
     p.add_argument("--blas-threads", type=positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)   # spawned workers
     return p
 
 
@@ -428,39 +836,99 @@ def settings_from_args(args) -> StudySettings:
         val_size=args.val_size, test_size=args.test_size, max_epochs=args.max_epochs,
         seed=args.seed, timeout=args.timeout, model_name=args.model_name,
         fixed=parse_fixed(args.fixed), workers=args.workers, heartbeat=args.heartbeat,
-        quiet=args.quiet, finalize=args.finalize)
+        quiet=args.quiet, finalize=args.finalize, sampler=args.sampler, pruner=args.pruner)
 
 
 def spawn_workers(argv, count, blas_threads):
-    """Start `count` more processes of this command on the same study, trials only."""
+    """Start `count` more processes of this command on the same study, trials only.
+
+    They get their own session, so a Ctrl-C at the terminal reaches only this
+    process, which passes it on once; and they stop if this process dies.
+    """
     import subprocess
 
     return [subprocess.Popen([sys.executable, "-m", "mlp_exp.search", *argv, "--workers", "1",
-                              "--no-finalize", "--quiet", "--blas-threads", str(blas_threads)])
+                              "--no-finalize", "--quiet", "--blas-threads", str(blas_threads),
+                              "--parent-pid", str(os.getpid())], start_new_session=True)
             for _ in range(count)]
+
+
+class Interrupts:
+    """SIGINT and SIGTERM as KeyboardInterrupt and cli.Terminated, raised where they land and
+    again at the next `check` (called after every epoch and between trials).
+
+    Python drops an exception raised inside a weakref callback or __del__ (and
+    prints it as "Exception ignored in ..."), so a Ctrl-C that lands during
+    garbage collection would otherwise be lost and the search would carry on;
+    here it is raised again, quietly. Use as a context manager in the main thread.
+    """
+
+    def __init__(self):
+        self.pending = None
+        self._previous = {}
+        self._previous_hook = None
+
+    def _handle(self, signum, frame):
+        self.pending = cli.Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        raise self.pending()
+
+    def check(self, *_) -> None:
+        """Raise the interrupt that arrived, if any; takes (and ignores) a trainer callback's EpochStats."""
+        if self.pending is not None:
+            raise self.pending()
+
+    def _unraisable(self, unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and self.pending is not None):
+            self._previous_hook(unraisable)
+
+    def __enter__(self) -> "Interrupts":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = self._previous_hook
+
+
+def stop_with_parent(parent_pid: int, poll_seconds=1.0) -> None:
+    """In a spawned worker: send ourselves SIGTERM (close the trial, exit 143) once the parent is gone."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
+    spawned = args.parent_pid is not None
+    if spawned:
+        stop_with_parent(args.parent_pid)
     if settings.quiet:
         logging.getLogger("mlp_exp").setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna would log every failed trial with a traceback; the objective logs them in one line.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
     from . import data as data_module
     from . import tracking
 
-    # Everything that can fail on user input fails here, before any trial starts.
+    # Everything that can fail on user input fails here, before any trial starts, and before
+    # anything is written to a store that already exists.
     tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
-    study = make_study(settings, tracker)
-    c = counts(study)
-    if c["finished"] >= settings.trials:
-        print(f"study {settings.study_name!r} already has {c['finished']} finished trials "
-              f"(target {settings.trials}); run with --trials {c['finished'] + 10} (or more) to extend it")
+    storage = open_storage(settings.storage, settings.heartbeat, stale_trial_handler(tracker))
     split = data_module.load_raw_split(settings.data_dir, train_size=settings.train_size,
                                        val_size=settings.val_size, test_size=settings.test_size,
                                        progress=not settings.quiet)
+    study = make_study(settings, tracker, storage)
+    c = counts(study)
+    if c["finished"] >= settings.trials and not spawned:
+        print(f"study {settings.study_name!r} already has {c['finished']} finished trials "
+              f"(target {settings.trials}); run with --trials {c['finished'] + 10} (or more) to extend it")
     tracker.study_run(settings.study_name, study_params(settings))
 
     workers = []
@@ -472,18 +940,28 @@ def main(argv=None):
         # N workers share the cores: each gets its share of BLAS threads, none oversubscribes
         from threadpoolctl import threadpool_limits
         threadpool_limits(blas_threads)
-    objective = Objective(settings, split, tracker)
+    display = StudyProgress(settings.trials, quiet=settings.quiet)
+    interrupts = Interrupts()
+    objective = Objective(settings, split, tracker, extra_callbacks=[display.on_epoch, interrupts.check])
     try:
-        outcome = run_worker(study, objective, settings)
+        with interrupts, display:
+            outcome = run_worker(study, objective, settings, progress=display, checkpoint=interrupts.check)
     except KeyboardInterrupt as interrupt:
+        # the objective has closed the trial's run KILLED and queued its configuration again
+        terminated = isinstance(interrupt, cli.Terminated)
         for worker in workers:
-            worker.send_signal(signal.SIGINT)
+            worker.send_signal(signal.SIGTERM if terminated else signal.SIGINT)
         for worker in workers:
             worker.wait()
-        c = counts(study)
-        print(f"{'terminated' if isinstance(interrupt, cli.Terminated) else 'interrupted'}: study "
-              f"{settings.study_name!r} saved with {c['finished']} of {settings.trials} trials "
-              f"finished; run the same command again to resume", file=sys.stderr)
+        if not spawned:
+            try:
+                tracker.end_study("KILLED")
+            except Exception as err:        # the interrupt, not this, decides how the command ends
+                log.warning("could not close the study's MLflow run: %s", _one_line(err))
+            c = counts(study)
+            print(f"{'terminated' if terminated else 'interrupted'}: study {settings.study_name!r} "
+                  f"saved with {c['finished']} of {settings.trials} trials finished; run the same "
+                  f"command again to resume", file=sys.stderr)
         raise
     for worker in workers:
         worker.wait()
@@ -492,6 +970,8 @@ def main(argv=None):
                  settings.timeout, counts(study)["finished"])
     if settings.finalize:
         finalize(study, settings, tracker, split)
+        from . import report
+        report.log_study_report(study, tracker, quiet=settings.quiet)
     tracker.end_study()
     return 0
 
@@ -502,8 +982,10 @@ def study_params(settings: StudySettings) -> dict:
             "test_size": settings.test_size or "all", "model_name": settings.model_name,
             "fixed": ",".join(f"{k}={v}" for k, v in sorted(settings.fixed.items())) or "none",
             "search_space": ";".join(f"{k}={v}" for k, v in SEARCH_SPACE.items()),
-            "sampler": "TPE(multivariate, constant_liar, n_startup_trials=10)",
-            "pruner": f"Hyperband(min_resource=1, max_resource={settings.max_epochs}, reduction_factor=3)"}
+            "sampler": ("Random" if settings.sampler == "random"
+                        else "TPE(multivariate, constant_liar, n_startup_trials=10)"),
+            "pruner": ("none" if settings.pruner == "none" else
+                       f"Hyperband(min_resource=1, max_resource={settings.max_epochs}, reduction_factor=3)")}
 
 
 def strip_flag(argv, flag, takes_value):

@@ -95,15 +95,18 @@ def _sqlite_path(uri: str) -> Path:
     return Path(path)
 
 
-def resolve_tracking_uri(uri=None) -> str:
+def resolve_tracking_uri(uri=None, *, create=True) -> str:
     """The tracking URI to use: `uri`, else $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.
 
-    For a sqlite URI the database's folder is created. A plain folder (MLflow's
-    retired file store) or an unknown scheme raises UserError.
+    For a sqlite URI the database's folder is created, unless create=False (to
+    read: reading must not make a store). A plain folder (MLflow's retired file
+    store) or an unknown scheme raises UserError.
     """
     uri = str(uri or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI).strip()
     scheme = urlparse(uri).scheme
-    if scheme == "sqlite":
+    if scheme == "sqlite" and not create:
+        _sqlite_path(uri)
+    elif scheme == "sqlite":
         folder = _sqlite_path(uri).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -124,6 +127,12 @@ def _artifact_location(uri: str) -> str | None:
     if urlparse(uri).scheme != "sqlite":
         return None
     return (_sqlite_path(uri).resolve().parent / "artifacts").as_uri()
+
+
+def artifact_root(uri=None) -> str | None:
+    """Where the experiments of store `uri` (see resolve_tracking_uri) keep their artifacts:
+    file:///.../mlruns/artifacts beside a sqlite db; None for a server, which decides."""
+    return _artifact_location(resolve_tracking_uri(uri))
 
 
 def _check_server(uri: str, timeout=5.0) -> None:
@@ -387,6 +396,18 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict) -> None:
         self._log_batch(run_id, tags=tags)
 
+    def find_study_run(self, study_name: str | None = None) -> TrackedRun | None:
+        """The study's parent run (the one study_run reopens), or None; changes nothing."""
+        study_name = study_name or self.study_name
+        if study_name is None:
+            raise RuntimeError("pass study_name, or call study_run first")
+        runs = self._study_runs(study_name)
+        return TrackedRun._from_run(runs[0]) if runs else None
+
+    def log_artifacts(self, run_id: str, folder, artifact_path: str | None = None) -> None:
+        """Copy every file under `folder` into the run's artifacts, under `artifact_path`."""
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
     def end_run(self, run_id: str, status: str = "FINISHED", tags: dict | None = None) -> None:
         """Close any run by id, e.g. mark a stale RUNNING trial FAILED after its worker died."""
         if status not in _TERMINAL:
@@ -496,6 +517,13 @@ class Tracker:
                 version = str(self.client.create_model_version(
                     model_name, source=model_uri, run_id=run_id, model_id=model_id,
                     tags={VAL_ACCURACY_TAG: repr(float(val_accuracy))}).version)
+                # Workers on other machines (a server store has no file lock) may have registered
+                # the same run at the same moment: the lowest version stays, later ones go.
+                lowest = min(int(v.version) for v in self.client.search_model_versions(
+                    f"name = {_quote(model_name)} AND run_id = '{run_id}'"))
+                if lowest < int(version):
+                    self.client.delete_model_version(model_name, version)
+                    version = str(lowest)
             current = self.champion(model_name)
             if current is not None and current.version == version:
                 return Promotion(version, False, current)
@@ -603,12 +631,17 @@ class TrialRun:
                                           step=epoch, synchronous=True)
 
     def log_result(self, result) -> None:
-        """best_val_accuracy and best_epoch (queued) and training_curves.png (at `wait`), from a TrainResult."""
+        """best_val_accuracy and best_epoch, the curves' diagnosis as tags `diagnosis` and
+        `diagnosis.<finding>` (queued), and training_curves.png (at `wait`), from a TrainResult."""
+        from . import diagnosis
+
         self._worker.submit(self.tracker._log_batch, self.run_id,
                             {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch})
         epochs = [e for e in result.epochs if np.isfinite(e.val_accuracy)]
         self._curves = (np.array(result.loss_history), [e.train_accuracy for e in epochs],
                         [e.val_accuracy for e in epochs])
+        self._worker.submit(self.tracker._log_batch, self.run_id, None, None,
+                            diagnosis.as_tags(diagnosis.diagnose(*self._curves)))
 
     def log_model(self, params: dict, preprocessor, config: TrainConfig, label_names: Sequence[str]) -> str:
         """Tracker.log_model on this run; call it before `end`. Returns the model URI."""
@@ -692,7 +725,10 @@ class LoadedModel:
 
 def load_model(model_uri: str = DEFAULT_MODEL_URI, tracking_uri=None) -> LoadedModel:
     """Load a logged model through mlflow.pyfunc; a missing champion or bad URI is a UserError."""
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri, create=False)
+    if urlparse(uri).scheme == "sqlite" and not _sqlite_path(uri).is_file():
+        raise UserError(f"no model at {model_uri}: there is no MLflow store at {uri}; run a search "
+                        f"first, or pass --tracking-uri (or set {TRACKING_URI_ENV}) to the store it used")
     _check_server(uri)
     mlflow = _mlflow()
     mlflow.set_tracking_uri(uri)

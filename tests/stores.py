@@ -1,0 +1,184 @@
+"""What the reliability tests share: running the search CLI, an MLflow server, and the accounting.
+
+The accounting rule a study must satisfy however it was interrupted:
+- exactly `--trials` trials are COMPLETE or PRUNED, and none is left RUNNING or WAITING;
+- every MLflow trial run (tag mlp_exp.role=trial) names, by tag optuna.trial_number, a
+  trial of the study, no two runs name the same trial, and none is left RUNNING;
+- every trial that trained (all but surplus trials and the never-started) has exactly one
+  run, which its user attr `mlflow_run_id` names; a finished trial's run agrees with it
+  (COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED or KILLED).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pg import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+STUDY = "cifar10-mlp"
+TINY = ("--train-size", "200", "--val-size", "50", "--test-size", "50", "--max-epochs", "2",
+        "--fixed", "hidden_size=8", "--data-dir", "data", "--quiet")
+RUN_STATUS = {"COMPLETE": {"FINISHED"}, "PRUNED": {"KILLED"}, "FAIL": {"FAILED", "KILLED"}}
+
+
+def cli_env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def search_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "mlp_exp.search", *args]
+
+
+def run_search(*args, cwd, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(search_cmd(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_search(*args, cwd, log_name="worker") -> subprocess.Popen:
+    """A search in the background, its output in files under cwd (no pipe to fill up)."""
+    out = open(Path(cwd) / f"{log_name}.out", "w")
+    err = open(Path(cwd) / f"{log_name}.err", "w")
+    return subprocess.Popen(search_cmd(*args), cwd=cwd, env=cli_env(), stdout=out, stderr=err)
+
+
+def stderr_of(cwd, log_name="worker") -> str:
+    return (Path(cwd) / f"{log_name}.err").read_text()
+
+
+def load_study(storage: str, study: str = STUDY):
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage.startswith("postgresql://"):      # SQLAlchemy 2.1 would want psycopg 3
+        storage = "postgresql+psycopg2://" + storage[len("postgresql://"):]
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+def trial_runs(tracking_uri: str, study: str = STUDY) -> list:
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], "tags.`mlp_exp.role` = 'trial'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def wait_for(predicate, timeout: float, what: str, poll=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def running_trial_with_epochs(storage: str, min_epochs=1, min_number=1, study: str = STUDY):
+    """A RUNNING trial (number >= min_number: trial 0 is the short baseline) that has a run
+    and has reported `min_epochs` epochs, or None."""
+    try:
+        loaded = load_study(storage, study)
+    except Exception:       # not created yet
+        return None
+    from optuna.trial import TrialState
+    for t in loaded.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number >= min_number and "mlflow_run_id" in t.user_attrs \
+                and len(t.intermediate_values) >= min_epochs:
+            return t
+    return None
+
+
+def account(storage: str, tracking_uri: str, target: int, study: str = STUDY) -> dict:
+    """Check the accounting rule (module docstring); return the figures."""
+    from optuna.trial import TrialState
+
+    trials = load_study(storage, study).get_trials(deepcopy=False)
+    runs = trial_runs(tracking_uri, study)
+    states = collections.Counter(t.state.name for t in trials)
+    by_number = {t.number: t for t in trials}
+    runs_by_trial = collections.defaultdict(list)
+    for run in runs:
+        runs_by_trial[int(run.data.tags["optuna.trial_number"])].append(run)
+
+    assert states["COMPLETE"] + states["PRUNED"] == target, states
+    assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
+    orphans = sorted(n for n in runs_by_trial if n not in by_number)
+    assert not orphans, f"runs of trials the study does not have: {orphans}"
+    duplicates = {n: [r.info.run_id for r in rs] for n, rs in runs_by_trial.items() if len(rs) > 1}
+    assert not duplicates, f"trials with more than one run: {duplicates}"
+    still_running = [r.data.tags["optuna.trial_number"] for r in runs if r.info.status == "RUNNING"]
+    assert not still_running, f"runs left RUNNING: trials {still_running}"
+    for t in trials:
+        run = runs_by_trial.get(t.number, [None])[0]
+        trained = "mlflow_run_id" in t.user_attrs
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            assert trained and run is not None, f"finished trial {t.number} has no run"
+        if trained:
+            assert run is not None and run.info.run_id == t.user_attrs["mlflow_run_id"], \
+                f"trial {t.number}: user attr names run {t.user_attrs['mlflow_run_id']}, found {run}"
+        if run is not None:
+            assert run.info.status in RUN_STATUS[t.state.name], \
+                f"trial {t.number} is {t.state.name} but its run is {run.info.status}"
+        if t.user_attrs.get("surplus"):
+            assert run is None and t.state == TrialState.FAIL
+    retries = [t for t in trials if "retry_of" in t.user_attrs]
+    return {"trials": len(trials), "states": dict(states), "runs": len(runs),
+            "failed": states["FAIL"], "retries": len(retries),
+            "surplus": sum(1 for t in trials if t.user_attrs.get("surplus")),
+            "run_statuses": dict(collections.Counter(r.info.status for r in runs))}
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 and a free port: sqlite backend and served artifacts in `root`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(self.root / "mlflow-server.log", "w")
+        mlflow = Path(sys.executable).with_name("mlflow")
+        self.process = subprocess.Popen(
+            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            cwd=self.root, env=cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+            stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_ready(self, timeout=120.0) -> "MlflowServer":
+        def healthy():
+            if self.process.poll() is not None:
+                raise AssertionError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+        wait_for(healthy, timeout, "the MLflow server", poll=0.5)
+        return self
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)     # the server and its uvicorn workers
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()

@@ -1,0 +1,223 @@
+"""A search survives what an hour-long run meets: kill -9, Ctrl-C, SIGTERM, exploding learning
+rates and many workers on one SQLite file, without losing a finished trial or leaving MLflow lying.
+
+Everything runs through the real CLI on tiny fake data; see stores.account for the rule checked.
+"""
+import os
+import signal
+import sys
+
+import pytest
+
+from fake_cifar import write_fake_cifar10
+from stores import TINY, account, load_study, run_search, running_trial_with_epochs, start_search, \
+    stderr_of, trial_runs, wait_for
+
+STORAGE = "sqlite:///studies/optuna.db"
+TRACKING = "sqlite:///mlruns/mlflow.db"
+# long enough trials (up to 30 epochs) that a signal lands mid-trial; heartbeat 1 s: stale after 2 s
+LONG = (*TINY, "--max-epochs", "30", "--heartbeat", "1")
+
+
+@pytest.fixture
+def study_dir(tmp_path):
+    write_fake_cifar10(tmp_path / "data", per_batch=80, num_test=50)
+    return tmp_path
+
+
+def uris(root):
+    return f"sqlite:///{root}/studies/optuna.db", f"sqlite:///{root}/mlruns/mlflow.db"
+
+
+def interrupt_mid_trial(root, sig, *args):
+    """Start a search, send `sig` once its second trial has trained an epoch; return (process, trial)."""
+    storage, _ = uris(root)
+    process = start_search(*args, cwd=root)
+    try:
+        trial = wait_for(lambda: running_trial_with_epochs(storage) if process.poll() is None else "exited",
+                         180, "a trial in progress", poll=0.05)
+        assert trial != "exited", stderr_of(root)
+        os.kill(process.pid, sig)
+        process.wait(120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process, trial
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_then_the_same_command_resumes(study_dir):
+    args = ("--trials", "4", *LONG)
+    process, victim = interrupt_mid_trial(study_dir, signal.SIGKILL, *args)
+    assert process.returncode == -signal.SIGKILL
+    storage, tracking = uris(study_dir)
+    runs = {r.info.run_id: r for r in trial_runs(tracking)}
+    assert runs[victim.user_attrs["mlflow_run_id"]].info.status == "RUNNING"     # what kill -9 leaves
+
+    resumed = run_search(*args, cwd=study_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    figures = account(storage, tracking, target=4)
+    trials = {t.number: t for t in load_study(storage).get_trials()}
+    assert trials[victim.number].state.name == "FAIL"
+    run = {r.info.run_id: r for r in trial_runs(tracking)}[victim.user_attrs["mlflow_run_id"]]
+    assert run.info.status == "FAILED" and "heartbeats" in run.data.tags["error"]
+    retries = [t for t in trials.values() if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1, figures
+    retry = retries[0]
+    assert retry.number > victim.number and retry.state.name in ("COMPLETE", "PRUNED")
+    assert retry.params == victim.params                  # the same configuration, run again
+    assert retry.system_attrs["failed_trial"] == victim.number
+    assert "has_model" not in retry.user_attrs or retry.state.name == "COMPLETE"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_close_the_trial_and_say_how_to_resume(study_dir, sig, code, word):
+    args = ("--trials", "4", *LONG)
+    process, victim = interrupt_mid_trial(study_dir, sig, *args)
+    assert process.returncode == code
+    lines = stderr_of(study_dir).strip().splitlines()
+    assert lines == [f"{word}: study 'cifar10-mlp' saved with 1 of 4 trials finished; "
+                     "run the same command again to resume"], lines
+    storage, tracking = uris(study_dir)
+    trials = {t.number: t for t in load_study(storage).get_trials()}
+    assert trials[victim.number].state.name == "FAIL"
+    runs = trial_runs(tracking)
+    run = next(r for r in runs if r.info.run_id == victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "interrupted"
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    waiting = [t for t in trials.values() if t.state.name == "WAITING"]
+    assert [t.user_attrs["retry_of"] for t in waiting] == [victim.number]     # queued to run again
+    assert waiting[0].params == victim.params
+
+    if sig == signal.SIGINT:        # resuming once is enough
+        resumed = run_search(*args, cwd=study_dir)
+        assert resumed.returncode == 0, resumed.stderr
+        account(storage, tracking, target=4)
+
+
+def test_a_diverging_trial_is_pruned_and_tagged_and_the_study_goes_on(study_dir):
+    result = run_search("--trials", "3", *TINY, "--max-epochs", "3", "--fixed", "learning_rate=1e6",
+                        cwd=study_dir)
+    assert result.returncode == 0, result.stderr
+    storage, tracking = uris(study_dir)
+    account(storage, tracking, target=3)
+    trials = load_study(storage).get_trials()
+    diverged = [t for t in trials if "diverged_at_epoch" in t.user_attrs]
+    assert diverged, [(t.number, t.state.name, t.intermediate_values) for t in trials]
+    runs = {r.info.run_id: r for r in trial_runs(tracking)}
+    for t in diverged:
+        epoch = t.user_attrs["diverged_at_epoch"]
+        assert t.state.name == "PRUNED" and epoch < 3         # stopped at once, not at the last epoch
+        tags = runs[t.user_attrs["mlflow_run_id"]].data.tags
+        assert tags["diverged"] == "true" and tags["stop_reason"] == "diverged"
+        assert tags["pruned_at_epoch"] == str(epoch)
+
+
+@pytest.mark.slow
+def test_soak_200_trials_over_4_workers_on_one_sqlite_file(study_dir):
+    result = run_search("--trials", "200", *TINY, "--workers", "4", "--heartbeat", "2", cwd=study_dir,
+                        timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "locked" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    storage, tracking = uris(study_dir)
+    figures = account(storage, tracking, target=200)
+    assert figures["runs"] == figures["trials"] - figures["surplus"]
+    workers = {t.user_attrs["worker"] for t in load_study(storage).get_trials() if "worker" in t.user_attrs}
+    assert len(workers) == 4, workers
+    assert "promoted:" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the spawned worker through /proc")
+def test_ctrl_c_reaches_every_worker_and_sigkill_of_the_parent_stops_them(study_dir):
+    args = ("--trials", "6", *LONG, "--workers", "2")
+    process, _ = interrupt_mid_trial(study_dir, signal.SIGINT, *args)
+    assert process.returncode == 130
+    lines = stderr_of(study_dir).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), lines     # one line, not one per worker
+    storage, tracking = uris(study_dir)
+    states = [t.state.name for t in load_study(storage).get_trials()]
+    assert "RUNNING" not in states
+    assert not [r for r in trial_runs(tracking) if r.info.status == "RUNNING"]
+
+    # the parent killed outright: its spawned worker notices, closes its trial and stops
+    process, _ = interrupt_mid_trial(study_dir, signal.SIGKILL, *args)
+    wait_for(lambda: not _spawned_workers(study_dir), 60, "the spawned worker to stop")
+    assert "RUNNING" not in [t.state.name for t in load_study(storage).get_trials()
+                             if "worker" in t.user_attrs and not t.user_attrs["worker"].endswith(
+                                 f":{process.pid}")]
+    resumed = run_search(*args, cwd=study_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    account(storage, tracking, target=6)
+
+
+def _spawned_workers(root):
+    """Pids of spawned search workers (flag --parent-pid) running in `root`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            if b"--parent-pid" in cmdline and os.readlink(f"/proc/{entry}/cwd") == str(root):
+                found.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+# ---------------------------------------------------------------- in process: the rare races
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
+    """Killed between taking a trial and its first heartbeat: without a heartbeat Optuna never calls
+    the trial stale, and the workers would wait for it for ever."""
+    import optuna
+    from mlp_exp import search
+
+    failed = []
+    storage = search.open_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat=1,
+                                  on_stale=lambda study, trial: failed.append(trial.number))
+    study = optuna.create_study(storage=storage, direction="maximize")
+    orphan = study.ask()                    # RUNNING, and no heartbeat thread ever started
+    optuna.storages.fail_stale_trials(study)        # gives it a heartbeat on its behalf ...
+    assert failed == [] and study.get_trials()[0].state.name == "RUNNING"
+    wait_for(lambda: optuna.storages.fail_stale_trials(study) or failed, 10, "the orphan to go stale")
+    assert failed == [orphan.number]        # ... so it goes stale after the grace period
+    assert study.get_trials()[0].state.name == "FAIL"
+
+
+def test_a_live_trial_failed_by_a_peer_ends_failed_in_both_stores_and_the_study_goes_on(study_dir):
+    """A worker whose heartbeats did not get through (its database connection was down) keeps
+    training while a peer fails its trial, here after its last report: its run, already
+    FINISHED, must end FAILED, and the worker must carry on rather than crash on Optuna's
+    refusal to record the outcome."""
+    from optuna.trial import TrialState
+    from mlp_exp import data, search, tracking
+
+    settings = search.StudySettings(trials=3, storage=f"sqlite:///{study_dir}/studies/optuna.db",
+                                    tracking_uri=f"sqlite:///{study_dir}/mlruns/mlflow.db",
+                                    data_dir=str(study_dir / "data"), train_size=200, val_size=50,
+                                    test_size=50, max_epochs=3, fixed={"hidden_size": 8}, heartbeat=1,
+                                    pruner="none")
+    tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
+    storage = search.open_storage(settings.storage, settings.heartbeat, search.stale_trial_handler(tracker))
+    split = data.load_raw_split(settings.data_dir, train_size=200, val_size=50, test_size=50, progress=False)
+    study = search.make_study(settings, tracker, storage)
+    tracker.study_run(settings.study_name)
+    victims = []
+
+    def peer_fails_the_trial(stats):        # what fail_stale_trials in another worker does
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not victims and running and running[0].number == 1 and stats.epoch == 3:
+            victims.append(running[0].number)
+            storage.set_trial_state_values(running[0]._trial_id, TrialState.FAIL)
+
+    objective = search.Objective(settings, split, tracker, extra_callbacks=[peer_fails_the_trial])
+    assert search.run_worker(study, objective, settings) == "done"
+    tracker.end_study()
+    assert victims == [1]
+    figures = account(settings.storage, settings.tracking_uri, target=3)
+    assert figures["failed"] == 1
+    run = next(r for r in trial_runs(settings.tracking_uri) if r.data.tags["optuna.trial_number"] == "1")
+    assert run.info.status == "FAILED" and "failed by a peer" in run.data.tags["error"]
