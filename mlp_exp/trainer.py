@@ -11,6 +11,7 @@ reproducible from its config alone.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -94,6 +95,8 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
     iterations_per_epoch = max(num_train // batch_size, 1)
     sample = rng.choice(num_train, size=min(TRAIN_ACCURACY_SAMPLE, num_train), replace=False)
     X_sample, y_sample = X_train[sample], y_train[sample]
+    # each minibatch is gathered into (and, with a preprocessor, converted into) buffers reused all run
+    raw_buffer = np.empty((batch_size, input_size), X_train.dtype)
     batch_buffer = None
     if preprocessor is not None:
         X_sample, X_val = preprocessor.apply(X_sample), preprocessor.apply(X_val)
@@ -112,7 +115,7 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
             order = rng.permutation(num_train)
             for start in range(0, iterations_per_epoch * batch_size, batch_size):
                 batch = order[start:start + batch_size]
-                X_batch = X_train[batch]                    # (B, D) gathered copy, safe to flip
+                X_batch = np.take(X_train, batch, axis=0, out=raw_buffer)   # (B, D) gathered copy, safe to flip
                 if preprocessor is not None:
                     X_batch = preprocessor.apply(X_batch, out=batch_buffer)
                 if config.flip:
@@ -120,7 +123,7 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
                 loss = step.step(X_batch, y_train[batch], learning_rate)
                 loss_history[it] = loss
                 it += 1
-                if not np.isfinite(loss):
+                if not math.isfinite(loss):
                     stop_reason = "diverged"
                     break
             trained = time.perf_counter()
