@@ -13,13 +13,14 @@ What makes it fast:
 - the W1 gradient is never materialised: BLAS sgemm's `C = alpha A B + beta C`
   applies it straight into the velocity (momentum: alpha = -lr, beta = mu) or
   into the weights (SGD: beta = 1 - lr * reg, which also applies the L2 decay);
-- arrays are C-contiguous, so their transposes are Fortran-ordered and SciPy
-  hands them to BLAS without copies;
-- every GEMM of the step goes through SciPy's BLAS, none through NumPy's.
-  NumPy and SciPy wheels each bundle their own OpenBLAS with its own thread
-  pool; alternating between the two makes the pools' spinning threads fight
-  for the two cores (measured: 13x slower at hidden 100);
-- the rest of the update is three passes over the big arrays, all SciPy BLAS
+- arrays are C-contiguous, so their transposes are Fortran-ordered and go to
+  BLAS as transposed operands, without copies;
+- every BLAS call goes to one library: the OpenBLAS bundled in NumPy's wheel,
+  called through ctypes (see "BLAS backends" below). Two OpenBLAS copies in
+  one process (NumPy's and SciPy's each bundle one, each with its own thread
+  pool) make the pools' spinning threads fight for the two cores when calls
+  alternate between them (measured: 13x slower at hidden 100);
+- the rest of the update is three passes over the big arrays, all BLAS
   (threaded like the GEMMs): one sdot for the L2 penalty of [W1, W2], one
   saxpy for their decay, one saxpy adding the velocity to every parameter.
   Parameters, velocity and small gradients share one flat [W1, W2, b1, b2]
@@ -34,42 +35,159 @@ numbers.
 """
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
+
 import numpy as np
-from scipy.linalg import blas
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 
 
-def _as_fortran_operand(m):
-    """m (2-D) -> (F-ordered array, trans flag) with op(array) == m.T, copy-free for C or F input."""
-    if m.flags.c_contiguous:
-        return m.T, 0
-    if m.flags.f_contiguous:
-        return m, 1
-    m = np.ascontiguousarray(m)
-    return m.T, 0
+# ------------------------------------------------------------ BLAS backends
+#
+# Three BLAS-1/3 calls are all the step needs: sgemm (with alpha and beta), saxpy and sdot.
+# NumPy's wheel bundles an OpenBLAS that NumPy itself uses (for matmul in net.py, say) but
+# does not expose to Python; SciPy's wheel bundles another, older one that scipy.linalg.blas
+# does expose. Calling NumPy's copy through ctypes keeps the whole process on one BLAS
+# thread pool, and its sgemm is the newer and faster one (OpenBLAS 0.3.31 vs 0.3.30 here:
+# the GEMM-only bound of benchmarks/train_speed.py rose 2-4%). Where NumPy does not
+# bundle it (conda/MKL, distro builds), SciPy's BLAS does the same calls.
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_FLOAT_P = ctypes.POINTER(ctypes.c_float)
+
+
+class NumpyOpenBLAS:
+    """cblas calls into the OpenBLAS bundled with NumPy's wheel (ILP64: 64-bit ints, `scipy_` symbols)."""
+
+    name = "numpy-bundled OpenBLAS (ctypes)"
+
+    def __init__(self, path: str):
+        self.path = path
+        lib = ctypes.CDLL(path)                  # already loaded by numpy: the same handle
+        i64, f32, p = ctypes.c_int64, ctypes.c_float, _FLOAT_P
+        self._sgemm = lib.scipy_cblas_sgemm64_
+        self._sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64,
+                                f32, p, i64, p, i64, f32, p, i64]
+        self._sgemm.restype = None
+        self._saxpy = lib.scipy_cblas_saxpy64_
+        self._saxpy.argtypes = [i64, f32, p, i64, p, i64]
+        self._saxpy.restype = None
+        self._sdot = lib.scipy_cblas_sdot64_
+        self._sdot.argtypes = [i64, p, i64, p, i64]
+        self._sdot.restype = f32
+
+    @staticmethod
+    def _row_major(m):
+        """2-D m -> (pointer, trans flag, leading dimension) with op(buffer) == m; no copy for
+        float32 C- or F-ordered m. The pointer keeps the array it points into alive."""
+        if m.dtype != np.float32:                # as SciPy's sgemm would: a float32 copy (slow path)
+            m = np.asarray(m, dtype=np.float32)
+        if m.flags.c_contiguous:
+            return m.ctypes.data_as(_FLOAT_P), _NO_TRANS, max(m.shape[1], 1)
+        if m.flags.f_contiguous:                 # m.T is C-ordered: m = op(m.T) with op = transpose
+            return m.ctypes.data_as(_FLOAT_P), _TRANS, max(m.shape[0], 1)
+        return NumpyOpenBLAS._row_major(np.ascontiguousarray(m))
+
+    def sgemm(self, a, b, out, alpha, beta):
+        if out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise RuntimeError("sgemm cannot write in place; out must be C-contiguous, writeable float32")
+        a = a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+        b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)
+        (M, K), N = a.shape, b.shape[1]
+        if b.shape[0] != K or out.shape != (M, N):
+            raise ValueError(f"gemm shapes do not match: {a.shape} x {b.shape} -> {out.shape}")
+        a_ptr, trans_a, lda = self._row_major(a)
+        b_ptr, trans_b, ldb = self._row_major(b)
+        self._sgemm(_ROW_MAJOR, trans_a, trans_b, M, N, K, alpha, a_ptr, lda, b_ptr, ldb,
+                    beta, out.ctypes.data_as(_FLOAT_P), max(N, 1))
+
+    @staticmethod
+    def _vector(v, writeable=False):
+        if v.dtype != np.float32 or v.ndim != 1 or not v.flags.c_contiguous or (writeable and not v.flags.writeable):
+            raise RuntimeError("BLAS vectors must be 1-D contiguous float32 (and writeable to write in place)")
+        return v.ctypes.data_as(_FLOAT_P)
+
+    def saxpy(self, x, y, a):
+        if x.size != y.size:
+            raise ValueError(f"saxpy sizes differ: {x.size} and {y.size}")
+        self._saxpy(x.size, a, self._vector(x), 1, self._vector(y, writeable=True), 1)
+
+    def sdot(self, x, y):
+        if x.size != y.size:
+            raise ValueError(f"sdot sizes differ: {x.size} and {y.size}")
+        return float(self._sdot(x.size, self._vector(x), 1, self._vector(y), 1))
+
+
+class SciPyBLAS:
+    """The same calls through scipy.linalg.blas (f2py, Fortran order)."""
+
+    name = "SciPy BLAS"
+
+    def __init__(self):
+        from scipy.linalg import blas
+        self._blas = blas
+
+    @staticmethod
+    def _as_fortran_operand(m):
+        """m (2-D) -> (F-ordered array, trans flag) with op(array) == m.T, copy-free for C or F input."""
+        if m.flags.c_contiguous:
+            return m.T, 0
+        if m.flags.f_contiguous:
+            return m, 1
+        return np.ascontiguousarray(m).T, 0
+
+    def sgemm(self, a, b, out, alpha, beta):
+        # row-major out is column-major out.T = b.T @ a.T: BLAS gets b.T and a.T, Fortran-ordered
+        # views when a and b are C-contiguous (or transposes of such)
+        b_op, trans_b = self._as_fortran_operand(b)
+        a_op, trans_a = self._as_fortran_operand(a)
+        c = out.T
+        result = self._blas.sgemm(alpha, b_op, a_op, beta=beta, c=c, trans_a=trans_b, trans_b=trans_a,
+                                  overwrite_c=1)
+        if result is not c:        # f2py copied: the in-place contract broke
+            raise RuntimeError("sgemm did not write in place; out must be C-contiguous float32")
+
+    def saxpy(self, x, y, a):
+        if self._blas.saxpy(x, y, a=a) is not y:
+            raise RuntimeError("saxpy did not write in place; y must be contiguous float32")
+
+    def sdot(self, x, y):
+        return float(self._blas.sdot(x, y))
+
+
+def numpy_openblas_path() -> str | None:
+    """The OpenBLAS shared library inside NumPy's wheel, if it has one with the cblas symbols we call."""
+    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas64_*.so*"))):
+        try:
+            lib = ctypes.CDLL(path)
+            lib.scipy_cblas_sgemm64_, lib.scipy_cblas_saxpy64_, lib.scipy_cblas_sdot64_
+            return path
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _choose_blas():
+    path = numpy_openblas_path()
+    return NumpyOpenBLAS(path) if path else SciPyBLAS()
+
+
+blas = _choose_blas()          # the backend every call below goes through (tests swap it)
 
 
 def gemm(a, b, out, alpha=1.0, beta=0.0):
-    """out <- alpha a @ b + beta out, in place, through SciPy's sgemm. out (M, N) C-contiguous float32.
-
-    Row-major out is column-major out.T = b.T @ a.T, so BLAS gets b.T and a.T,
-    which are Fortran-ordered views when a and b are C-contiguous (or transposes of such).
-    """
-    b_op, trans_b = _as_fortran_operand(b)
-    a_op, trans_a = _as_fortran_operand(a)
-    c = out.T
-    result = blas.sgemm(alpha, b_op, a_op, beta=beta, c=c, trans_a=trans_b, trans_b=trans_a,
-                        overwrite_c=1)
-    if result is not c:        # f2py copied: the in-place contract broke
-        raise RuntimeError("sgemm did not write in place; out must be C-contiguous float32")
+    """out <- alpha a @ b + beta out, in place. out (M, N) C-contiguous float32; a, b float32,
+    C- or F-ordered (so transposed views of contiguous arrays cost no copy)."""
+    blas.sgemm(a, b, out, alpha, beta)
     return out
 
 
 def _axpy(x, y, a):
-    """y <- a x + y, in place, for 1-D float32 contiguous x, y of equal size (SciPy's saxpy: threaded when large)."""
-    if blas.saxpy(x, y, a=a) is not y:
-        raise RuntimeError("saxpy did not write in place; y must be contiguous float32")
+    """y <- a x + y, in place, for 1-D float32 contiguous x, y of equal size (threaded when large)."""
+    blas.saxpy(x, y, a)
 
 
 class FusedStep:
@@ -151,7 +269,7 @@ class FusedStep:
 
         # penalty of the weights before the update: one sdot over [W1, W2]
         weights = self._flat[:self._reg_size]
-        reg_loss = 0.5 * reg * float(blas.sdot(weights, weights)) if reg else 0.0
+        reg_loss = 0.5 * reg * blas.sdot(weights, weights) if reg else 0.0
 
         # forward
         gemm(X, W1, hidden)                                # (B, H)

@@ -21,3 +21,21 @@ def cifar10_dir():
         pytest.skip("CIFAR-10 not found: set MLP_EXP_DATA_DIR or build the replica with "
                     "`python ../shared/data/make_cifar10.py data/` (.ci/run does this)")
     return found
+
+
+def _blas_backends():
+    from mlp_exp import kernels
+    path = kernels.numpy_openblas_path()
+    return [pytest.param(lambda: kernels.NumpyOpenBLAS(path), id="numpy-openblas",
+                         marks=pytest.mark.skipif(path is None, reason="this NumPy build bundles no OpenBLAS "
+                                                  "(conda/MKL or distro NumPy); the scipy backend is used instead")),
+            pytest.param(kernels.SciPyBLAS, id="scipy")]
+
+
+@pytest.fixture(params=_blas_backends())
+def blas_backend(request, monkeypatch):
+    """Each BLAS backend of mlp_exp.kernels in turn, installed as the one every kernel call uses."""
+    from mlp_exp import kernels
+    backend = request.param()
+    monkeypatch.setattr(kernels, "blas", backend)
+    return backend

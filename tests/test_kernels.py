@@ -1,7 +1,11 @@
-"""kernels.gemm and FusedStep's buffers, against NumPy float64 and the reference update rules."""
+"""kernels.gemm and FusedStep's buffers, against NumPy float64 and the reference update rules,
+through each BLAS backend."""
+import os
+
 import numpy as np
 import pytest
 
+from mlp_exp import kernels
 from mlp_exp.kernels import FusedStep, gemm
 from mlp_exp.net import init_params, two_layer_loss
 from mlp_exp.optim import UPDATE_RULES
@@ -20,7 +24,7 @@ def _operand(m, layout):
 
 @pytest.mark.parametrize("a_layout", ["C", "F", "C.T", "F.T"])
 @pytest.mark.parametrize("b_layout", ["C", "F", "C.T"])
-def test_gemm_is_alpha_ab_plus_beta_out_in_place(a_layout, b_layout):
+def test_gemm_is_alpha_ab_plus_beta_out_in_place(a_layout, b_layout, blas_backend):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((7, 5)).astype(np.float32)
     b = rng.standard_normal((5, 3)).astype(np.float32)
@@ -31,11 +35,40 @@ def test_gemm_is_alpha_ab_plus_beta_out_in_place(a_layout, b_layout):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_gemm_refuses_an_output_it_cannot_write_in_place():
+def test_gemm_refuses_an_output_it_cannot_write_in_place(blas_backend):
     a = np.ones((4, 3), np.float32)
     b = np.ones((3, 2), np.float32)
     with pytest.raises(RuntimeError, match="in place"):
         gemm(a, b, np.ones((4, 2), np.float64))
+
+
+def test_gemm_casts_operands_that_are_not_float32(blas_backend):
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((6, 4)), rng.standard_normal((4, 3))       # float64
+    out = np.zeros((6, 3), np.float32)
+    gemm(a, np.asfortranarray(b), out)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-6)
+
+
+def test_blas_vector_calls_work_in_place(blas_backend):
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    expected = 0.5 * x.astype(np.float64) + y
+    assert blas_backend.sdot(x, y) == pytest.approx(float(x.astype(np.float64) @ y), rel=1e-4)
+    blas_backend.saxpy(x, y, 0.5)
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_numpys_bundled_openblas_is_the_default_where_numpy_has_one():
+    from threadpoolctl import threadpool_info
+    path = kernels.numpy_openblas_path()
+    if path is None:
+        assert isinstance(kernels.blas, kernels.SciPyBLAS)
+        return
+    assert isinstance(kernels.blas, kernels.NumpyOpenBLAS)
+    # the library kernels call is the one NumPy itself loaded: one BLAS thread pool for both
+    numpy_pools = [p["filepath"] for p in threadpool_info() if "numpy" in p["filepath"]]
+    assert any(os.path.samefile(path, pool) for pool in numpy_pools)
 
 
 def _problem(seed=0, n=48, d=40, h=24, c=6):
@@ -46,7 +79,7 @@ def _problem(seed=0, n=48, d=40, h=24, c=6):
 
 
 @pytest.mark.parametrize("update, lr", [("sgd", 0.05), ("momentum", 0.02), ("rmsprop", 1e-3)])
-def test_fused_step_without_reg_and_with_changing_batch_size(update, lr):
+def test_fused_step_without_reg_and_with_changing_batch_size(update, lr, blas_backend):
     # reg = 0 skips the penalty's sdot and the decay's saxpy; batch sizes 16, 8, 16 reallocate buffers
     X, y, params = _problem()
     sizes = [16, 8, 16, 8] * 3

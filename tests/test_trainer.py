@@ -31,7 +31,7 @@ def small_problem(seed=0, n=64, d=48, h=32, c=5):
 
 
 @pytest.mark.parametrize("update, lr", [("sgd", 0.05), ("momentum", 0.02), ("rmsprop", 1e-3)])
-def test_fused_step_matches_reference(update, lr):
+def test_fused_step_matches_reference(update, lr, blas_backend):
     X, y, params = small_problem()
     batches = [(X[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)] * 5
     rates = [lr * 0.9 ** (i // 4) for i in range(len(batches))]
