@@ -356,7 +356,11 @@ class Preprocessor:
             out = np.empty(rows.shape, dtype=np.float32)
         for start in range(0, rows.shape[0], _CHUNK_ROWS):
             block = out[start:start + _CHUNK_ROWS]
-            np.subtract(rows[start:start + _CHUNK_ROWS], self.mean, out=block, dtype=np.float32)
+            # cast first, then float32-only ufuncs: the same numbers as subtract(..., dtype=float32),
+            # which casts its inputs the same way, but without the mixed-dtype ufunc's buffered
+            # casting loop, which takes most of the time in the trainer's per-batch preprocessing
+            block[...] = rows[start:start + _CHUNK_ROWS]
+            np.subtract(block, self.mean, out=block)
             np.divide(block, self.scale, out=block)
         return out
 

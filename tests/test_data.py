@@ -498,6 +498,21 @@ def test_preprocessor_round_trip_and_immutability(images):
         pre.apply(images[:, :16])       # 1536 values per image, not 3072
 
 
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64, np.float32])
+def test_preprocessor_apply_is_exactly_the_float32_formula(images, dtype, monkeypatch):
+    """apply casts, then subtracts and divides in float32: bit for bit (x - mean) / scale in float32,
+    for every input dtype, across chunk boundaries, and into a caller's buffer (the trainer's path)."""
+    monkeypatch.setattr(data, "_CHUNK_ROWS", 7)           # several chunks and a ragged last one
+    pre = fit_preprocessor(images, "standardize")
+    X = images.reshape(len(images), -1).astype(dtype)
+    expected = (X.astype(np.float32) - pre.mean) / pre.scale
+    assert expected.dtype == np.float32
+    np.testing.assert_array_equal(pre.apply(X), expected)
+    buffer = np.full(X.shape, np.nan, np.float32)
+    assert pre.apply(X, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, expected)
+
 # -------------------------------------------------------------- splitting
 
 def test_prepare_splits_like_the_spec(fake_folder):
