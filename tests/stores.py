@@ -43,6 +43,12 @@ def run_search(*args, cwd, timeout=600) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def run_cli(module, *args, cwd, timeout=600) -> subprocess.CompletedProcess:
+    """`python -m module args` in cwd with the repo importable and no ambient tracking URI."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def start_search(*args, cwd, log_name="worker") -> subprocess.Popen:
     """A search in the background, its output in files under cwd (no pipe to fill up)."""
     out = open(Path(cwd) / f"{log_name}.out", "w")

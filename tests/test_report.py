@@ -5,10 +5,6 @@ every row, colour and warning is known), and a small real study whose Optuna
 trials and MLflow runs are read back independently of the report.
 """
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -18,12 +14,12 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from fake_cifar import write_fake_cifar10
+from stores import run_cli
 from mlp_exp import report
 from mlp_exp.tracking import TrackedRun
 
 matplotlib.use("Agg")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-REPO = Path(__file__).resolve().parent.parent
 SPACE = {"hidden_size": ("int_log", 100, 1500), "learning_rate": ("float_log", 3e-4, 3e-2),
          "momentum": ("float", 0.8, 0.95)}
 DISTRIBUTIONS = {"hidden_size": IntDistribution(100, 1500, log=True),
@@ -177,13 +173,6 @@ def test_written_report(searched_study, tmp_path):
 
 
 # ------------------------------------------------------------- a real study
-
-def run_cli(module, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
 
 @pytest.fixture(scope="module")
 def real_study(tmp_path_factory):

@@ -1,22 +1,10 @@
 """A real small study end to end: Optuna storage, MLflow store and registry, evaluate --json."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fake_cifar import write_fake_cifar10
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_cli(module, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+from stores import run_cli
 
 
 @pytest.fixture(scope="module")
