@@ -7,7 +7,8 @@ machine noise hits every column alike, it measures:
             49,000 uint8 rows preprocessed per batch by a standardize
             Preprocessor, batch 200; samples/s of one epoch's training steps
   bound     the same five sgemm calls on the same shapes (`kernels.gemm`, as
-            `FusedStep` issues them), nothing else: the GEMM-only bound
+            `FusedStep` issues them, through the same BLAS), nothing else:
+            the GEMM-only bound
   torch     PyTorch CPU eager, nn.Linear/ReLU/Linear, CrossEntropyLoss, SGD
             with momentum and weight_decay, 2 threads, on float32 rows
             preprocessed up front, in a separate worker process (its thread
@@ -20,9 +21,24 @@ Every figure is the median over --repeats. The data is the CIFAR-10 replica
 under --data-dir when present, else random uint8 rows of the same shape (the
 header says which).
 
-Part 2, tracking overhead (the share of a real trial's wall time spent in
-training, evaluation and MLflow tracking), is not written yet: add it as a
-function `part_<name>(args, data) -> None` and register it in PARTS.
+Part 2, a trial's time split. One trial at the default study's settings
+(its champion's hyperparameters, standardize + flips, batch 200, --trial-epochs
+epochs) runs as a study runs it: an MLflow run in a throwaway SQLite store,
+per-epoch metrics and weight grids, the curves, the diagnosis and a logged
+model (a study logs models only for trials that beat its best, so this is the
+dearest case). Its wall time is split into training steps, evaluation, and
+tracking (the rest: MLflow calls in the trial's thread and waiting for the
+background logger at the end). Each tracked trial is paired with the same
+trial untracked, in alternating order, and the paired overhead, tracked wall /
+untracked wall - 1, also counts what the background logging thread costs the
+training thread. Medians over --trial-repeats pairs.
+
+Part 3, peak memory. `python -m mlp_exp.search` runs in a subprocess with
+throwaway stores, `--fixed hidden_size=2000` (the largest net of the default
+space) and `--max-epochs 2`, once per --memory-trials count; its peak resident
+set (from wait4) is printed against the float32 size of the data it loads
+(train + val + test). Equal peaks for few and many trials mean no per-trial
+copies. Needs the replica.
 
 Run from the repository root:
 
@@ -30,6 +46,7 @@ Run from the repository root:
     python benchmarks/train_speed.py --hidden 500 --repeats 3 --epochs 2
     python benchmarks/train_speed.py --no-torch --flip
     python benchmarks/train_speed.py --openblas-env-check # + one labelled extra line
+    python benchmarks/train_speed.py --parts split memory # parts 2 and 3 only
 
 Flags: --hidden H [H ...] hidden sizes; --repeats N measurements per column
 (median reported); --epochs E epochs per product run (each epoch is one
@@ -42,7 +59,8 @@ after waiting for quiet, at most R times (default 3); --openblas-env-check to
 re-run part 1 (no torch) in a subprocess with OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE unset and print the result as one extra, clearly labelled
 line. The benchmark never sets or unsets an OPENBLAS_* variable in its own
-process.
+process. --parts speed split memory picks parts; --trial-epochs E (10) and
+--trial-repeats N (3) size part 2; --memory-trials N [N ...] (2 6) part 3.
 
 Prints figures only; nothing here asserts on timings.
 """
@@ -67,7 +85,7 @@ if str(ROOT) not in sys.path:
 
 from mlp_exp import trainer                                            # noqa: E402
 from mlp_exp.config import TrainConfig                                 # noqa: E402
-from mlp_exp.data import IMAGE_SHAPE, fit_preprocessor, load_cifar10_uint8   # noqa: E402
+from mlp_exp.data import DEFAULT_LABEL_NAMES, IMAGE_SHAPE, fit_preprocessor, load_cifar10_uint8   # noqa: E402
 from mlp_exp.kernels import gemm                                       # noqa: E402
 
 NUM_TRAIN, NUM_VAL, NUM_CLASSES = 49_000, 1_000, 10
@@ -238,6 +256,8 @@ def machine_lines(torch_info) -> list[str]:
         lines.append(f"  BLAS: {pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')} "
                      f"threads={pool.get('num_threads')} ({Path(pool.get('filepath', '?')).name}, "
                      f"{'numpy' if 'numpy' in pool.get('filepath', '') else 'scipy' if 'scipy' in pool.get('filepath', '') else pool.get('prefix')})")
+    from mlp_exp import kernels
+    lines.append(f"  kernels BLAS: {kernels.blas.name} {getattr(kernels.blas, 'path', '')}".rstrip())
     env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_", "MKL_"))}
     lines.append("  env: " + (", ".join(f"{k}={v}" for k, v in sorted(env.items())) or "no OPENBLAS_/OMP_/MKL_ variables"))
     return lines
@@ -416,11 +436,132 @@ def openblas_env_check_line(args) -> str:
     return f"EXTRA (not the CI configuration; subprocess with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset): {figures}"
 
 
+# ------------------------------------------------------------------ part 2
+
+# The default study's champion (README, "What the default study gave"): a typical
+# trial of the default space, run with the study's fixed settings.
+TRIAL_HYPERPARAMETERS = dict(hidden_size=849, learning_rate=0.0114, reg=6.4e-4, momentum=0.88, lr_decay=0.905)
+
+
+def trial_config(args, seed) -> TrainConfig:
+    from mlp_exp.search import STUDY_DEFAULTS
+    return TrainConfig(**STUDY_DEFAULTS, **TRIAL_HYPERPARAMETERS, num_epochs=args.trial_epochs,
+                       train_size=NUM_TRAIN, val_size=NUM_VAL, seed=seed)
+
+
+def untracked_trial(data, preprocessor, config) -> float:
+    """Wall seconds of the trial's training alone."""
+    started = time.perf_counter()
+    trainer.train(data.X_train, data.y_train, data.X_val, data.y_val, config, preprocessor=preprocessor)
+    return time.perf_counter() - started
+
+
+def tracked_trial(data, preprocessor, config, tracker, number) -> dict:
+    """The trial as search.Objective runs it, model logged, waited for until MLflow has it all."""
+    started = time.perf_counter()
+    run = tracker.start_trial(number, config)
+    result = trainer.train(data.X_train, data.y_train, data.X_val, data.y_val, config,
+                           callbacks=[run.log_epoch], preprocessor=preprocessor)
+    run.log_result(result)
+    run.log_model(result.best_params, preprocessor, config, list(DEFAULT_LABEL_NAMES))
+    run.end("FINISHED", wait=True)
+    wall = time.perf_counter() - started
+    training = sum(e.seconds for e in result.epochs)
+    evaluation = sum(e.eval_seconds for e in result.epochs)
+    return {"wall": wall, "training": training, "evaluation": evaluation,
+            "tracking": wall - training - evaluation}
+
+
+def part_trial_split(args, data):
+    """Part 2: one trial's wall time split into training, evaluation and tracking; paired overhead."""
+    import tempfile
+
+    from mlp_exp.tracking import Tracker
+
+    preprocessor = fit_preprocessor(data.X_train, "standardize")
+    config = trial_config(args, 0)
+    print()
+    print(f"part 2: a trial's time split; {', '.join(f'{k} {v}' for k, v in TRIAL_HYPERPARAMETERS.items())}, "
+          f"{config.num_epochs} epochs, batch {config.batch_size}, {config.preprocessing}, flip={config.flip}; "
+          f"data: {data.source}")
+    print(wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else "not waiting for a quiet machine")
+    tracked, untracked = [], []
+    noise = OtherLoad()
+    with tempfile.TemporaryDirectory(prefix="train-speed-mlruns-") as tmp:
+        tracker = Tracker(f"sqlite:///{tmp}/mlruns/mlflow.db", "train-speed-benchmark")
+        tracker.study_run("train-speed-benchmark")
+        for repeat in range(args.trial_repeats):
+            config = trial_config(args, repeat)
+            # alternate which goes first, so drift in machine speed does not favour either side
+            if repeat % 2 == 0:
+                untracked.append(untracked_trial(data, preprocessor, config))
+                tracked.append(tracked_trial(data, preprocessor, config, tracker, repeat))
+            else:
+                tracked.append(tracked_trial(data, preprocessor, config, tracker, repeat))
+                untracked.append(untracked_trial(data, preprocessor, config))
+            print(f"  pair {repeat + 1}/{args.trial_repeats}: tracked {tracked[-1]['wall']:.1f} s, "
+                  f"untracked {untracked[-1]:.1f} s", file=sys.stderr, flush=True)
+        tracker.end_study()
+    other_cores = noise.cores()
+    wall = _median([t["wall"] for t in tracked])
+    print(f"median of {args.trial_repeats} tracked/untracked pair(s); other processes used "
+          f"{other_cores:.2f} cores on average meanwhile")
+    print(f"{'share of the tracked trial':<44} | {'seconds':>8} | {'% of wall':>9}")
+    print("-" * 68)
+    for name in ("training", "evaluation", "tracking"):
+        seconds = _median([t[name] for t in tracked])
+        print(f"{name + (' steps' if name == 'training' else ''):<44} | {seconds:>8.2f} | {seconds / wall:>9.2%}")
+    print(f"{'wall':<44} | {wall:>8.2f} | {1:>9.2%}")
+    overheads = [t["wall"] / u - 1 for t, u in zip(tracked, untracked)]
+    print(f"tracking overhead, paired (tracked wall / untracked wall - 1): median {_median(overheads):.2%} "
+          f"(pairs: {', '.join(f'{o:.2%}' for o in overheads)}); untracked wall median {_median(untracked):.2f} s")
+
+
+# ------------------------------------------------------------------ part 3
+
+def peak_rss_of(command, cwd) -> tuple[int, float]:
+    """Run command; (exit code, its peak resident set in bytes) from wait4's rusage (Linux: ru_maxrss in KiB)."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: "
+                           f"{process.stderr.read().strip().splitlines()[-1:]}")
+    return process.returncode, usage.ru_maxrss * 1024
+
+
+def part_memory(args, data):
+    """Part 3: a study's peak resident memory against the float32 size of its data."""
+    import tempfile
+
+    folder = Path(args.data_dir) / "cifar-10-batches-py"
+    print()
+    if args.random_data or not folder.is_dir():
+        print(f"part 3 skipped: the study loads the replica, and there is none at {folder}")
+        return
+    X_train, _, X_test, _ = load_cifar10_uint8(folder)
+    rows = len(X_train) + len(X_test)                  # train + val + test, all loaded by a study
+    float32_bytes = rows * INPUT_SIZE * 4
+    print(f"part 3: peak memory of `python -m mlp_exp.search --fixed hidden_size=2000 --max-epochs 2`; "
+          f"float32 size of its data ({rows} rows x {INPUT_SIZE}) is {float32_bytes / 2**20:.0f} MiB")
+    print(f"{'trials':>6} | {'peak RSS':>10} | {'peak / float32 data':>19}")
+    print("-" * 42)
+    for trials in args.memory_trials:
+        with tempfile.TemporaryDirectory(prefix="train-speed-memory-") as tmp:
+            command = [sys.executable, "-m", "mlp_exp.search", "--trials", str(trials), "--max-epochs", "2",
+                       "--fixed", "hidden_size=2000", "--study-name", "memory",
+                       "--storage", f"sqlite:///{tmp}/optuna.db",
+                       "--tracking-uri", f"sqlite:///{tmp}/mlruns/mlflow.db",
+                       "--data-dir", str(Path(args.data_dir).resolve()), "--quiet"]
+            _, peak = peak_rss_of(command, cwd=tmp)
+        print(f"{trials:>6} | {peak / 2**20:>6.0f} MiB | {peak / float32_bytes:>19.2f}")
+
+
 # ------------------------------------------------------------------- main
 
-# name -> part(args, data). Part 2 (tracking overhead: the share of a real trial's wall
-# time spent in training, evaluation and MLflow tracking) is to be registered here.
-PARTS = {"speed": part_training_speed}
+# name -> part(args, data)
+PARTS = {"speed": part_training_speed, "split": part_trial_split, "memory": part_memory}
 
 
 def parse_args(argv=None):
@@ -443,11 +584,17 @@ def parse_args(argv=None):
                         help="add one labelled line: part 1 re-run in a subprocess with OPENBLAS_* unset")
     parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     parser.add_argument("--json", help="also write part 1's figures to this file")
+    parser.add_argument("--trial-epochs", type=int, default=10, help="part 2: epochs of the measured trial")
+    parser.add_argument("--trial-repeats", type=int, default=3, help="part 2: tracked/untracked pairs")
+    parser.add_argument("--memory-trials", type=int, nargs="+", default=[2, 6],
+                        help="part 3: run the study once per trial count")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("repeats", "epochs", "batch_size"):
+    for name in ("repeats", "epochs", "batch_size", "trial_epochs", "trial_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if min(args.memory_trials) < 1:
+        parser.error(f"--memory-trials counts must be >= 1, got {args.memory_trials}")
     if min(args.hidden) < 1:
         parser.error(f"--hidden sizes must be >= 1, got {args.hidden}")
     return args
