@@ -15,7 +15,7 @@ accuracy, champion test accuracy, wall time, trials per hour):
           seed gives an independent draw.
 - study:  the default `python -m mlp_exp.search --trials 50`.
 
-    python benchmarks/search_quality.py                       # all three, ~2 h on 2 cores
+    python benchmarks/search_quality.py                       # all three, ~50 min on a quiet 2-core machine
     python benchmarks/search_quality.py --parts grid          # one part
     python benchmarks/search_quality.py --parts study --study-storage sqlite:///studies/optuna.db \\
         --study-tracking-uri sqlite:///mlruns/mlflow.db       # report a study that already ran
