@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pytest
 
+from problems import small_problem
 from mlp_exp import kernels
 from mlp_exp.kernels import FusedStep, gemm
-from mlp_exp.net import init_params, two_layer_loss
+from mlp_exp.net import two_layer_loss
 from mlp_exp.optim import UPDATE_RULES
 
 
@@ -71,11 +72,8 @@ def test_numpys_bundled_openblas_is_the_default_where_numpy_has_one():
     assert any(os.path.samefile(path, pool) for pool in numpy_pools)
 
 
-def _problem(seed=0, n=48, d=40, h=24, c=6):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)).astype(np.float32)
-    y = rng.integers(0, c, n)
-    return X, y, init_params(d, h, c, rng, std=0.1, dtype=np.float32)
+def _problem():
+    return small_problem(n=48, d=40, h=24, c=6)
 
 
 @pytest.mark.parametrize("update, lr", [("sgd", 0.05), ("momentum", 0.02), ("rmsprop", 1e-3)])

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
+from problems import small_problem
 from mlp_exp.config import TrainConfig
 from mlp_exp.kernels import FusedStep, predict_float32
-from mlp_exp.net import init_params, predict, two_layer_loss
+from mlp_exp.net import predict, two_layer_loss
 from mlp_exp.optim import UPDATE_RULES
 from mlp_exp.trainer import StopTraining, flip_rows, train
 
@@ -21,13 +22,6 @@ def reference_steps(params, batches, update, reg, mom, learning_rates):
             states[k]["learning_rate"] = lr
             params[k], states[k] = UPDATE_RULES[update](params[k], grads[k], states[k])
     return params, np.array(losses)
-
-
-def small_problem(seed=0, n=64, d=48, h=32, c=5):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)).astype(np.float32)
-    y = rng.integers(0, c, n)
-    return X, y, init_params(d, h, c, rng, std=0.1, dtype=np.float32)
 
 
 @pytest.mark.parametrize("update, lr", [("sgd", 0.05), ("momentum", 0.02), ("rmsprop", 1e-3)])
