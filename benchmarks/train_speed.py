@@ -519,16 +519,18 @@ def part_trial_split(args, data):
 
 # ------------------------------------------------------------------ part 3
 
-def peak_rss_of(command, cwd) -> tuple[int, float]:
-    """Run command; (exit code, its peak resident set in bytes) from wait4's rusage (Linux: ru_maxrss in KiB)."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: "
-                           f"{process.stderr.read().strip().splitlines()[-1:]}")
-    return process.returncode, usage.ru_maxrss * 1024
+def peak_rss_of(command, cwd) -> int:
+    """Run command to its end; its peak resident set in bytes, from wait4's rusage (Linux: ru_maxrss in KiB)."""
+    with open(Path(cwd) / "stderr.log", "w+") as stderr:     # a file, not a pipe: nothing can block on it
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            stderr.seek(0)
+            raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: "
+                               f"{stderr.read().strip().splitlines()[-1:]}")
+    return usage.ru_maxrss * 1024
 
 
 def part_memory(args, data):
@@ -554,7 +556,7 @@ def part_memory(args, data):
                        "--storage", f"sqlite:///{tmp}/optuna.db",
                        "--tracking-uri", f"sqlite:///{tmp}/mlruns/mlflow.db",
                        "--data-dir", str(Path(args.data_dir).resolve()), "--quiet"]
-            _, peak = peak_rss_of(command, cwd=tmp)
+            peak = peak_rss_of(command, cwd=tmp)
         print(f"{trials:>6} | {peak / 2**20:>6.0f} MiB | {peak / float32_bytes:>19.2f}")
 
 

@@ -93,8 +93,6 @@ class NumpyOpenBLAS:
     def sgemm(self, a, b, out, alpha, beta):
         if out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
             raise RuntimeError("sgemm cannot write in place; out must be C-contiguous, writeable float32")
-        a = a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
-        b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)
         (M, K), N = a.shape, b.shape[1]
         if b.shape[0] != K or out.shape != (M, N):
             raise ValueError(f"gemm shapes do not match: {a.shape} x {b.shape} -> {out.shape}")

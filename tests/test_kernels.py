@@ -20,11 +20,15 @@ def _operand(m, layout):
         return np.asfortranarray(m)
     if layout == "C.T":
         return np.ascontiguousarray(m.T).T          # F-ordered view of a C array
+    if layout == "strided":                         # neither C- nor F-ordered: every other column
+        wide = np.zeros((m.shape[0], 2 * m.shape[1]), m.dtype)
+        wide[:, ::2] = m
+        return wide[:, ::2]
     return np.asfortranarray(m.T).T                 # "F.T": C-ordered view of an F array
 
 
-@pytest.mark.parametrize("a_layout", ["C", "F", "C.T", "F.T"])
-@pytest.mark.parametrize("b_layout", ["C", "F", "C.T"])
+@pytest.mark.parametrize("a_layout", ["C", "F", "C.T", "F.T", "strided"])
+@pytest.mark.parametrize("b_layout", ["C", "F", "C.T", "strided"])
 def test_gemm_is_alpha_ab_plus_beta_out_in_place(a_layout, b_layout, blas_backend):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((7, 5)).astype(np.float32)
