@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .errors import DataError, UserError
+from .errors import DataError, UserError, one_line
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -52,10 +52,6 @@ DOWNLOAD_TIMEOUT_S = 60.0                   # per blocking socket operation, not
 
 _REBUILD_HINT = "delete it and re-run to download again, or rebuild the replica"
 _CHUNK_ROWS = 4096                          # rows converted to float at a time
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 # ---------------------------------------------------------------- locating
@@ -110,7 +106,7 @@ def ensure_cifar10(data_dir=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DataError(f"cannot create data dir {data_dir}: {_one_line(err)}; "
+        raise DataError(f"cannot create data dir {data_dir}: {one_line(err, limit=None)}; "
                         f"pass --data-dir or set {DATA_DIR_ENV} to a writable folder") from err
 
     archive = extract_dir = None
@@ -140,7 +136,7 @@ def ensure_cifar10(data_dir=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10
             raise
         done = True
     except OSError as err:
-        raise DataError(f"could not write CIFAR-10 into {data_dir}: {_one_line(err)}; "
+        raise DataError(f"could not write CIFAR-10 into {data_dir}: {one_line(err, limit=None)}; "
                         f"check free space and permissions, or pass --data-dir") from err
     finally:
         if archive is not None:
@@ -179,7 +175,7 @@ def _download(url: str, out, *, progress: bool, timeout: float) -> str:
         what = "not found (HTTP 404)" if err.code == 404 else f"failed with HTTP {err.code} {err.reason}"
         raise DataError(f"download of {url} {what}; {hint}") from err
     except urllib.error.URLError as err:
-        raise DataError(f"cannot reach {url} ({_one_line(err.reason)}); offline? {hint}") from err
+        raise DataError(f"cannot reach {url} ({one_line(err.reason, limit=None)}); offline? {hint}") from err
     except TimeoutError as err:
         raise DataError(f"download of {url} timed out after {timeout:g}s without data; {hint}") from err
     except (HTTPException, ConnectionError) as err:
@@ -218,10 +214,10 @@ def _safe_extract(archive: Path, dest: Path, url: str) -> None:
                 with tar.extractfile(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
     except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise DataError(f"archive from {url} is truncated or not a valid .tar.gz ({_one_line(err)}); "
+        raise DataError(f"archive from {url} is truncated or not a valid .tar.gz ({one_line(err, limit=None)}); "
                         f"re-run to download again") from err
     except gzip.BadGzipFile as err:     # an OSError, but corruption rather than a write failure
-        raise DataError(f"archive from {url} is not a valid gzip file ({_one_line(err)}); "
+        raise DataError(f"archive from {url} is not a valid gzip file ({one_line(err, limit=None)}); "
                         f"re-run to download again") from err
 
 
@@ -234,7 +230,7 @@ def _load_pickle(path: Path) -> dict:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
     except OSError as err:
-        raise DataError(f"cannot read CIFAR-10 file {path}: {_one_line(err)}") from err
+        raise DataError(f"cannot read CIFAR-10 file {path}: {one_line(err, limit=None)}") from err
     except Exception as err:    # a corrupt pickle can raise almost anything (EOFError, UnpicklingError, ...)
         raise DataError(f"CIFAR-10 file {path} is truncated or unreadable ({type(err).__name__}); "
                         f"{_REBUILD_HINT}") from err

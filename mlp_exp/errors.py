@@ -1,4 +1,4 @@
-"""The one exception type that reaches users as a one-line message.
+"""The one exception type that reaches users as a one-line message, and `one_line` to build it.
 
 Raise `UserError` (or a subclass) for anything the user can fix: a bad path, a
 bad flag, missing data, an unreachable store. The command-line entry points
@@ -13,3 +13,10 @@ class UserError(Exception):
 
 class DataError(UserError):
     """The dataset is missing, corrupt, or laid out wrongly."""
+
+
+def one_line(text, limit: int | None = 500) -> str:
+    """str(text) with every run of whitespace (newlines included) made one space; longer
+    than `limit` characters (None: no limit), cut and ended with "..."."""
+    line = " ".join(str(text).split())
+    return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."

@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 
 from . import cli
 from .config import TrainConfig, field_names, parse_value
-from .errors import UserError
+from .errors import UserError, one_line
 from .progress import StudyProgress, TrialOutcome
 from .trainer import StopTraining, train
 
@@ -475,7 +475,7 @@ class Objective:
         except (optuna.TrialPruned, Surplus, StorageLost, optuna.exceptions.UpdateFinishedTrialError):
             raise                           # expected, or reported where they end the worker
         except Exception as err:            # Optuna records it as FAIL and the study goes on
-            log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, _one_line(err),
+            log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, one_line(err),
                         exc_info=not isinstance(err, UserError))
             raise
 
@@ -502,10 +502,10 @@ class Objective:
                 _close(run, "KILLED", {"stop_reason": "interrupted"})
                 retry(study, trial, "interrupted")
             except Exception as err:        # must not turn the interrupt into a failed trial
-                log.warning("trial %d: cleanup after the interrupt failed: %s", trial.number, _one_line(err))
+                log.warning("trial %d: cleanup after the interrupt failed: %s", trial.number, one_line(err))
             raise
         except Exception as err:
-            _close(run, "FAILED", {"error": _one_line(f"{type(err).__name__}: {err}")})
+            _close(run, "FAILED", {"error": one_line(f"{type(err).__name__}: {err}")})
             raise
 
     def _train(self, trial, config: TrainConfig, run):
@@ -550,11 +550,6 @@ def _close(run, status: str, tags: dict | None = None) -> None:
         run.tracker.end_run(run.run_id, status, tags)
 
 
-def _one_line(text, limit=500) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
 RETRIED_ATTRS = ("baseline",)           # user attrs a retry keeps; the rest belong to the failed attempt
 MAX_RETRY = 3
 
@@ -594,7 +589,7 @@ def stale_trial_handler(tracker):
                                                             "(killed or cut off); the trial was retried"})
         except Exception as err:            # never let MLflow trouble stop the retry; reconcile closes it later
             log.warning("could not close the MLflow run of stale trial %d: %s", failed_trial.number,
-                        _one_line(err))
+                        one_line(err))
         retry(study, failed_trial, "stopped sending heartbeats")
         log.warning("trial %d: its worker stopped sending heartbeats; failed it and queued its "
                     "configuration again", failed_trial.number)
@@ -668,7 +663,7 @@ def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0, prog
     try:
         reconcile_runs(study, objective.tracker)
     except Exception as err:                # MLflow unreachable: the next worker to finish does it
-        log.warning("could not check for MLflow runs left RUNNING: %s", _one_line(err))
+        log.warning("could not check for MLflow runs left RUNNING: %s", one_line(err))
     return outcome
 
 
@@ -686,7 +681,7 @@ def settle_lost_trial(study, objective) -> bool:
             objective.tracker.end_run(run_id, "FAILED", {"error": "failed by a peer: its heartbeats did "
                                                                   "not reach the storage; the trial was retried"})
         except Exception as err:            # reconcile_runs closes it later
-            log.warning("could not close the MLflow run of trial %d: %s", number, _one_line(err))
+            log.warning("could not close the MLflow run of trial %d: %s", number, one_line(err))
         log.warning("trial %d was failed by a peer (its heartbeats did not reach the storage); "
                     "its configuration runs again", number)
     return True
@@ -957,7 +952,7 @@ def main(argv=None):
             try:
                 tracker.end_study("KILLED")
             except Exception as err:        # the interrupt, not this, decides how the command ends
-                log.warning("could not close the study's MLflow run: %s", _one_line(err))
+                log.warning("could not close the study's MLflow run: %s", one_line(err))
             c = counts(study)
             print(f"{'terminated' if terminated else 'interrupted'}: study {settings.study_name!r} "
                   f"saved with {c['finished']} of {settings.trials} trials finished; run the same "

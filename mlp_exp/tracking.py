@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .config import TrainConfig
-from .errors import UserError
+from .errors import UserError, one_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -65,11 +65,6 @@ PREDICT_CHUNK = 2000                   # rows per pyfunc predict call when scori
 
 _log = logging.getLogger(__name__)
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
-
-
-def _one_line(text, limit=500) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _mlflow():
@@ -111,7 +106,7 @@ def resolve_tracking_uri(uri=None, *, create=True) -> str:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"cannot create the tracking folder {folder}: {_one_line(err)}; "
+            raise UserError(f"cannot create the tracking folder {folder}: {one_line(err)}; "
                             f"pass --tracking-uri sqlite:///<writable folder>/mlflow.db") from err
     elif scheme in ("", "file") or len(scheme) == 1:    # len 1: a Windows drive letter
         raise UserError(f"tracking URI {uri!r} is a folder, and MLflow 3 no longer accepts file stores; "
@@ -149,7 +144,7 @@ def _check_server(uri: str, timeout=5.0) -> None:
         return
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise UserError(f"cannot reach the MLflow tracking server at {uri} ({_one_line(reason)}); "
+        raise UserError(f"cannot reach the MLflow tracking server at {uri} ({one_line(reason)}); "
                         f"start it, or pass --tracking-uri / unset {TRACKING_URI_ENV} to use "
                         f"{DEFAULT_TRACKING_URI}") from err
 
@@ -166,7 +161,7 @@ def _store_errors(uri: str):
         if not isinstance(err, (mlflow.exceptions.MlflowException, OSError, ImportError)) \
                 and type(err).__module__.split(".")[0] != "sqlalchemy":
             raise
-        raise UserError(f"cannot use the MLflow store at {uri}: {_one_line(err, 300)}") from err
+        raise UserError(f"cannot use the MLflow store at {uri}: {one_line(err, 300)}") from err
 
 
 @dataclass
@@ -666,14 +661,14 @@ class TrialRun:
     def _end(self, status, tags) -> None:
         if self._worker.errors:
             first = self._worker.errors[0]
-            tags["mlp_exp.logging_error"] = _one_line(
+            tags["mlp_exp.logging_error"] = one_line(
                 f"{len(self._worker.errors)} logging call(s) failed, first: {type(first).__name__}: {first}")
         self.tracker.end_run(self.run_id, status, tags)
 
     def fail(self, error, *, wait: bool = False) -> None:
         """End FAILED, with tag `error` holding the error's one-line message."""
         message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-        self.end("FAILED", {"error": _one_line(message, 5000)}, wait=wait)
+        self.end("FAILED", {"error": one_line(message, 5000)}, wait=wait)
 
     def wait(self) -> None:
         """Block until the run is fully logged and closed: the queue, the status, then the curves."""
@@ -690,7 +685,7 @@ class TrialRun:
             self._warned = True
             first = self._worker.errors[0]
             _log.warning("MLflow run %s: %d logging call(s) failed, first: %s: %s", self.run_id,
-                         len(self._worker.errors), type(first).__name__, _one_line(first))
+                         len(self._worker.errors), type(first).__name__, one_line(first))
 
     def _log_curves(self, loss_history, train_accuracy, val_accuracy) -> None:
         from . import vis
@@ -736,9 +731,9 @@ def load_model(model_uri: str = DEFAULT_MODEL_URI, tracking_uri=None) -> LoadedM
         model = mlflow.pyfunc.load_model(model_uri)
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as err:
         if model_uri.startswith("models:/") and "@" in model_uri:
-            raise UserError(f"no model at {model_uri} in {uri} ({_one_line(err, 200)}); run a search "
+            raise UserError(f"no model at {model_uri} in {uri} ({one_line(err, 200)}); run a search "
                             f"first so a champion is registered, or pass --model-uri") from err
-        raise UserError(f"cannot load model {model_uri} from {uri}: {_one_line(err, 300)}") from err
+        raise UserError(f"cannot load model {model_uri} from {uri}: {one_line(err, 300)}") from err
     schema = model.metadata.get_input_schema()
     shape = getattr(schema.inputs[0], "shape", None) if schema is not None and schema.inputs else None
     try:
