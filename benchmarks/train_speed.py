@@ -67,6 +67,7 @@ Prints figures only; nothing here asserts on timings.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -105,6 +106,14 @@ class Data:
     y_val: np.ndarray
     source: str
 
+    @functools.cached_property
+    def X_train_mirrored(self) -> np.ndarray:
+        """What a study's worker builds once for its flipping trials (search.Objective.mirrored_train)."""
+        return trainer.mirror_rows(self.X_train)
+
+    def mirrored_for(self, config):
+        return self.X_train_mirrored if config.flip else None
+
 
 def load_data(data_dir, random_data=False) -> Data:
     """The replica's first 49,000 / next 1,000 training images as uint8 rows, else random rows of that shape."""
@@ -131,7 +140,7 @@ def product_epochs(data, preprocessor, hidden, batch_size, epochs, seed, flip):
                          init_std=INIT_STD, preprocessing="standardize", flip=flip,
                          train_size=NUM_TRAIN, val_size=NUM_VAL, seed=seed)
     result = trainer.train(data.X_train, data.y_train, data.X_val, data.y_val, config,
-                           preprocessor=preprocessor)
+                           preprocessor=preprocessor, X_train_mirrored=data.mirrored_for(config))
     if result.stop_reason:
         raise RuntimeError(f"benchmark run stopped early ({result.stop_reason}) at hidden {hidden}")
     samples = (len(data.X_train) // batch_size) * batch_size
@@ -452,7 +461,8 @@ def trial_config(args, seed) -> TrainConfig:
 def untracked_trial(data, preprocessor, config) -> float:
     """Wall seconds of the trial's training alone."""
     started = time.perf_counter()
-    trainer.train(data.X_train, data.y_train, data.X_val, data.y_val, config, preprocessor=preprocessor)
+    trainer.train(data.X_train, data.y_train, data.X_val, data.y_val, config, preprocessor=preprocessor,
+                  X_train_mirrored=data.mirrored_for(config))
     return time.perf_counter() - started
 
 
@@ -461,7 +471,8 @@ def tracked_trial(data, preprocessor, config, tracker, number) -> dict:
     started = time.perf_counter()
     run = tracker.start_trial(number, config)
     result = trainer.train(data.X_train, data.y_train, data.X_val, data.y_val, config,
-                           callbacks=[run.log_epoch], preprocessor=preprocessor)
+                           callbacks=[run.log_epoch], preprocessor=preprocessor,
+                           X_train_mirrored=data.mirrored_for(config))
     run.log_result(result)
     run.log_model(result.best_params, preprocessor, config, list(DEFAULT_LABEL_NAMES))
     run.end("FINISHED", wait=True)
@@ -480,6 +491,7 @@ def part_trial_split(args, data):
 
     preprocessor = fit_preprocessor(data.X_train, "standardize")
     config = trial_config(args, 0)
+    data.mirrored_for(config)                # untimed: a study builds it once per worker, not per trial
     print()
     print(f"part 2: a trial's time split; {', '.join(f'{k} {v}' for k, v in TRIAL_HYPERPARAMETERS.items())}, "
           f"{config.num_epochs} epochs, batch {config.batch_size}, {config.preprocessing}, flip={config.flip}; "

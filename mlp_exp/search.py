@@ -43,7 +43,7 @@ from . import cli
 from .config import TrainConfig, field_names, parse_value
 from .errors import UserError, one_line
 from .progress import StudyProgress, TrialOutcome
-from .trainer import StopTraining, train
+from .trainer import StopTraining, mirror_rows, train
 
 log = logging.getLogger("mlp_exp.search")
 
@@ -467,6 +467,13 @@ class Objective:
         self.settings, self.data, self.tracker = settings, data, tracker
         self.extra_callbacks = list(extra_callbacks)
         self.current = None
+        self._mirrored_train = None         # mirror_rows(data.X_train), built by the first flipping trial
+
+    def mirrored_train(self):
+        """The training images mirrored left-right, one copy for every trial of this worker."""
+        if self._mirrored_train is None:
+            self._mirrored_train = mirror_rows(self.data.X_train)
+        return self._mirrored_train
 
     def __call__(self, trial):
         self.current = (trial.number, None)
@@ -519,7 +526,8 @@ class Objective:
 
         result = train(self.data.X_train, self.data.y_train, self.data.X_val, self.data.y_val,
                        config, callbacks=[run.log_epoch, prune, *self.extra_callbacks],
-                       preprocessor=self.data.preprocessors[config.preprocessing])
+                       preprocessor=self.data.preprocessors[config.preprocessing],
+                       X_train_mirrored=self.mirrored_train() if config.flip else None)
         run.log_result(result)
         if result.diverged:
             epoch = result.epochs[-1].epoch

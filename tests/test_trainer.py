@@ -7,7 +7,7 @@ from mlp_exp.config import TrainConfig
 from mlp_exp.kernels import FusedStep, predict_float32
 from mlp_exp.net import predict, two_layer_loss
 from mlp_exp.optim import UPDATE_RULES
-from mlp_exp.trainer import StopTraining, flip_rows, train
+from mlp_exp.trainer import StopTraining, flip_rows, mirror_rows, train
 
 
 def reference_steps(params, batches, update, reg, mom, learning_rates):
@@ -163,3 +163,46 @@ def test_preprocessing_per_batch_equals_preprocessing_up_front():
     up_front = train(prep.apply(raw[:50]), y[:50], prep.apply(raw[50:]), y[50:], config)
     np.testing.assert_array_equal(on_the_fly.loss_history, up_front.loss_history)
     assert [e.val_accuracy for e in on_the_fly.epochs] == [e.val_accuracy for e in up_front.epochs]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_mirror_rows_mirrors_every_image_across_chunks(dtype):
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (5, 32, 32, 3)).astype(dtype)
+    X = images.reshape(5, -1)
+    X_before = X.copy()
+    mirrored = mirror_rows(X, chunk_rows=2)                  # chunks of 2, 2 and 1 rows
+    assert mirrored.dtype == dtype and mirrored.shape == X.shape
+    np.testing.assert_array_equal(mirrored.reshape(5, 32, 32, 3), images[:, :, ::-1, :])
+    np.testing.assert_array_equal(X, X_before)
+    with pytest.raises(ValueError, match="3072"):
+        mirror_rows(X[:, :100])
+
+
+@pytest.mark.parametrize("preprocessing", ["standardize", "mean_image", None])
+def test_flips_gathered_from_a_mirrored_copy_train_identically(preprocessing):
+    from mlp_exp.data import fit_preprocessor
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 256, (60, 3072), dtype=np.uint8)
+    y = rng.integers(0, 10, 60)
+    prep = fit_preprocessor(raw[:50], preprocessing) if preprocessing else None
+    X_train, X_val = (raw[:50], raw[50:]) if prep else (raw[:50] / 255.0, raw[50:] / 255.0)
+    config = TrainConfig(hidden_size=16, learning_rate=1e-3, reg=1e-3, batch_size=10,
+                         num_epochs=2, init_std=1e-2, flip=True, seed=4)
+    in_place = train(X_train, y[:50], X_val, y[50:], config, preprocessor=prep)
+    gathered = train(X_train, y[:50], X_val, y[50:], config, preprocessor=prep,
+                     X_train_mirrored=mirror_rows(X_train))
+    np.testing.assert_array_equal(gathered.loss_history, in_place.loss_history)
+    for k in in_place.best_params:
+        np.testing.assert_array_equal(gathered.best_params[k], in_place.best_params[k])
+    unflipped = train(X_train, y[:50], X_val, y[50:], TrainConfig(**{**config.asdict(), "flip": False}),
+                      preprocessor=prep, X_train_mirrored=mirror_rows(X_train))
+    assert not np.array_equal(unflipped.loss_history, in_place.loss_history)
+
+
+def test_a_mirrored_copy_of_other_rows_is_refused():
+    rng = np.random.default_rng(8)
+    X = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+    config = TrainConfig(hidden_size=4, batch_size=10, num_epochs=1, flip=True)
+    with pytest.raises(ValueError, match="mirror_rows"):
+        train(X, np.arange(20) % 3, X, np.arange(20) % 3, config, X_train_mirrored=mirror_rows(X[:10]))
