@@ -113,6 +113,9 @@ def main():
                         choices=["grid", "study", "random"])
     parser.add_argument("--data-dir", default=os.environ.get("MLP_EXP_DATA_DIR", str(REPO / "data")))
     parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--study-seed", type=int, default=0,
+                        help="sampler seed of the default study (0: its default); the random part's budget "
+                             "is this study's wall time")
     parser.add_argument("--random-seed", type=int, default=0,
                         help="sampler seed of the random search (0: the default study's)")
     parser.add_argument("--random-budget", type=float, default=None,
@@ -128,6 +131,8 @@ def main():
     if Path(args.out).exists():
         rows = {r["part"]: r for r in map(json.loads, Path(args.out).read_text().splitlines()) if r}
     workdir = Path(tempfile.mkdtemp(prefix="search-quality-"))
+    study_key = "study" if args.study_seed == 0 else f"study-seed{args.study_seed}"
+    random_key = "random" if args.random_seed == 0 else f"random-seed{args.random_seed}"
     for part in args.parts:
         print(f"== {part}", flush=True)
         if part == "grid":
@@ -136,21 +141,21 @@ def main():
             row = study_row(f"default study, --trials {args.trials} (existing)", args.study_name,
                             args.study_storage, args.study_tracking_uri, args.study_model_name)
         elif part == "study":
-            row = run_search(f"default study, --trials {args.trials}", "study",
-                             ["--trials", str(args.trials)], workdir, args.data_dir)
+            row = run_search(f"default study, --trials {args.trials}, seed {args.study_seed}", "study",
+                             ["--trials", str(args.trials), "--seed", str(args.study_seed)], workdir, args.data_dir)
         else:
-            budget = args.random_budget or rows.get("study", rows.get("cifar10-mlp", {})).get("wall_s")
+            budget = args.random_budget or rows.get(study_key, rows.get("cifar10-mlp", {})).get("wall_s")
             if not budget:
                 sys.exit("random search needs --random-budget or a study row to match its wall time")
             row = run_search(f"random search, no pruning, {budget / 60:.0f} min budget, seed {args.random_seed}",
                              "random", ["--sampler", "random", "--pruner", "none", "--trials", "1000",
                                         "--timeout", str(budget), "--seed", str(args.random_seed)],
                              workdir, args.data_dir)
-        key = part if part != "random" or args.random_seed == 0 else f"random-seed{args.random_seed}"
+        key = {"random": random_key, "study": study_key}.get(part, part)
         row["part"] = key
         rows[key] = row
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
-    order = ["grid", *sorted(k for k in rows if k.startswith("random")), "study"]
+    order = ["grid", *sorted(k for k in rows if k.startswith("random")), *sorted(k for k in rows if k.startswith("study"))]
     print_table([rows[k] for k in order if k in rows])
     print(f"\nmachine: {os.cpu_count()} cores; command: python {' '.join(sys.argv)}")
 

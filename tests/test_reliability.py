@@ -221,3 +221,29 @@ def test_a_live_trial_failed_by_a_peer_ends_failed_in_both_stores_and_the_study_
     assert figures["failed"] == 1
     run = next(r for r in trial_runs(settings.tracking_uri) if r.data.tags["optuna.trial_number"] == "1")
     assert run.info.status == "FAILED" and "failed by a peer" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("max_epochs, expected", [(5, ("PRUNED", 1)), (2, ("COMPLETE", 2))])
+def test_the_pruner_cuts_only_a_reduction_factor_short_of_the_last_epoch(study_dir, max_epochs, expected):
+    """With a pruner that always says prune, a trial of 5 epochs stops after epoch 1 (1 x 3 <= 5);
+    one of 2 epochs runs to the end, as cutting within a factor 3 of the end saves too little."""
+    import optuna
+    from mlp_exp import data, search, tracking
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    settings = search.StudySettings(trials=1, storage=f"sqlite:///{study_dir}/studies/optuna.db",
+                                    tracking_uri=f"sqlite:///{study_dir}/mlruns/mlflow.db",
+                                    data_dir=str(study_dir / "data"), train_size=200, val_size=50,
+                                    test_size=50, max_epochs=max_epochs, fixed={"hidden_size": 8})
+    tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
+    split = data.load_raw_split(settings.data_dir, train_size=200, val_size=50, test_size=50, progress=False)
+    storage = search.open_storage(settings.storage, settings.heartbeat, search.stale_trial_handler(tracker))
+    study = optuna.create_study(storage=storage, pruner=AlwaysPrune(), direction="maximize")
+    tracker.study_run(study.study_name)
+    study.optimize(search.Objective(settings, split, tracker), n_trials=1)
+    tracker.end_study()
+    trial = study.trials[0]
+    assert (trial.state.name, max(trial.intermediate_values)) == expected
