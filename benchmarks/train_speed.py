@@ -22,7 +22,7 @@ under --data-dir when present, else random uint8 rows of the same shape (the
 header says which).
 
 Part 2, a trial's time split. One trial at the default study's settings
-(its champion's hyperparameters, standardize + flips, batch 200, --trial-epochs
+(its trial 1's hyperparameters, standardize + flips, batch 200, --trial-epochs
 epochs) runs as a study runs it: an MLflow run in a throwaway SQLite store,
 per-epoch metrics and weight grids, the curves, the diagnosis and a logged
 model (a study logs models only for trials that beat its best, so this is the
@@ -447,8 +447,8 @@ def openblas_env_check_line(args) -> str:
 
 # ------------------------------------------------------------------ part 2
 
-# The default study's champion (README, "What the default study gave"): a typical
-# trial of the default space, run with the study's fixed settings.
+# Trial 1 of the default study (one of TPE's start-up draws; it completed all 30
+# epochs): a typical trial of the default space, run with the study's fixed settings.
 TRIAL_HYPERPARAMETERS = dict(hidden_size=849, learning_rate=0.0114, reg=6.4e-4, momentum=0.88, lr_decay=0.905)
 
 
