@@ -13,7 +13,9 @@ accuracy, champion test accuracy, wall time, trials per hour):
           the study's ten TPE start-up trials, so the two rows differ only by
           what TPE and Hyperband pruning do after and around them; another
           seed gives an independent draw.
-- study:  the default `python -m mlp_exp.search --trials 50`.
+- study:  the default `python -m mlp_exp.search --trials 50` (--study-seed N for
+          another sampler seed; its row is kept beside the default's, and a
+          random part in the same command gets that study's wall time).
 
     python benchmarks/search_quality.py                       # all three, ~50 min on a quiet 2-core machine
     python benchmarks/search_quality.py --parts grid          # one part
