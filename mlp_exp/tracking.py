@@ -316,6 +316,7 @@ class Tracker:
         keep their first value (MLflow params are write-once). The Tracker
         remembers the study for start_trial, log_test_accuracy and end_study.
         """
+        mlflow = _mlflow()
         with self._store_lock():
             existing = self._study_runs(study_name)
             if existing:
@@ -331,7 +332,16 @@ class Tracker:
                     run = oldest
         self.study_name, self.parent_run_id = study_name, run.info.run_id
         new_params = {k: v for k, v in (params or {}).items() if k not in run.data.params}
-        self._log_batch(self.parent_run_id, params=new_params, tags=tags)
+        try:
+            self._log_batch(self.parent_run_id, params=new_params, tags=tags)
+        except mlflow.exceptions.MlflowException:
+            # Workers starting together on a server store (no shared file lock) can both find the
+            # params missing and both log them; the slower one's insert then fails. Fine if a peer
+            # has logged every key since: params are write-once and theirs are the study's too.
+            logged = self.client.get_run(self.parent_run_id).data.params
+            if any(k not in logged for k in new_params):
+                raise
+            self._log_batch(self.parent_run_id, tags=tags)
         return self.parent_run_id
 
     def end_study(self, status: str = "FINISHED") -> None:

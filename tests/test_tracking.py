@@ -124,6 +124,33 @@ def test_study_run_is_reused_and_reopened(uri):
     assert len(again._study_runs("study-x")) == 1
 
 
+def test_a_peer_logging_the_study_params_first_is_not_an_error(uri):
+    """Two workers on a server store both read the parent run before either logs its params;
+    the server then refuses the slower one's insert (seen in CI: "UNIQUE constraint failed:
+    params.key"). Staged here: the peer logs between our read and our write, which fails so."""
+    import mlflow
+
+    first = tracking.Tracker(uri, "study-x")
+    parent = first.study_run("study-x")
+    stale = first.client.get_run(parent)                  # what the second worker read: no params yet
+    first._log_batch(parent, params={"trials": 3, "seed": 0})                    # the peer wins the race
+    second = tracking.Tracker(uri, "study-x")
+    second._study_runs = lambda name: [stale]
+    log_batch = second._log_batch
+
+    def server_refuses_params(run_id, metrics=None, params=None, tags=None, **kwargs):
+        if params:
+            raise mlflow.exceptions.MlflowException("UNIQUE constraint failed: params.key, params.run_uuid")
+        return log_batch(run_id, metrics, params, tags, **kwargs)
+
+    second._log_batch = server_refuses_params
+    assert second.study_run("study-x", params={"trials": 3, "seed": 0}, tags={"note": "b"}) == parent
+    run = second.client.get_run(parent)
+    assert run.data.params == {"trials": "3", "seed": "0"} and run.data.tags["note"] == "b"
+    with pytest.raises(mlflow.exceptions.MlflowException, match="UNIQUE"):      # a key no peer logged
+        second.study_run("study-x", params={"trials": 3, "workers": 2})
+
+
 def test_oldest_parent_wins_when_duplicates_exist(tracker):
     # e.g. left by two workers racing on a remote server without a lock
     tags = {tracking.STUDY_TAG: "dup", tracking.ROLE_TAG: "study"}
