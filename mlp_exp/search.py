@@ -22,6 +22,7 @@ place a trial becomes a TrainConfig; below it nothing knows about Optuna.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import math
@@ -219,9 +220,10 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
     taking it) gets one on its behalf, so it too goes stale and is retried.
     """
 
-    def __init__(self, *args, patience: float = STORAGE_PATIENCE, **kwargs):
+    def __init__(self, *args, patience: float = STORAGE_PATIENCE, sleep=time.sleep, **kwargs):
         super().__init__(*args, **kwargs)
         self.patience = patience
+        self.sleep = sleep                  # between retries (Interrupts.sleep: Ctrl-C ends the wait)
         self._sqlite = self.url.startswith("sqlite")
         self._local = threading.local()
         self._outage_since = None           # time.monotonic() of the first failure, while it lasts
@@ -247,7 +249,7 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
                             f"lost the Optuna storage {_safe_url(self.url)} for more than "
                             f"{self.patience:.0f} s ({_first_line(err)}); finished trials are saved "
                             f"there: once it is back, run the same command again to resume") from None
-                    time.sleep(delay)
+                    self.sleep(delay)
                     delay = min(2 * delay, 1.0)
                     continue
                 self._note_success()
@@ -353,11 +355,12 @@ def _postgresql_driver(url: str) -> str:
     return "postgresql+psycopg2://" + url[len("postgresql://"):]
 
 
-def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STORAGE_PATIENCE):
+def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STORAGE_PATIENCE,
+                 sleep=time.sleep):
     """An RDB storage with heartbeats, so a trial whose process died is failed and retried.
 
     Opening checks the URL and that the database answers (a UserError if not);
-    afterwards the storage waits out outages of up to `patience` seconds.
+    afterwards the storage waits out outages of up to `patience` seconds, in `sleep`s.
     """
     from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
@@ -381,7 +384,8 @@ def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STOR
         try:
             storage = PatientRDBStorage(
                 _postgresql_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                grace_period=2 * heartbeat, heartbeat_stale_trial_callback=on_stale, patience=patience)
+                grace_period=2 * heartbeat, heartbeat_stale_trial_callback=on_stale, patience=patience,
+                sleep=sleep)
             if url.startswith("sqlite:///"):
                 with storage.engine.connect() as connection:
                     connection.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -477,11 +481,14 @@ class Objective:
     with a closed run or a running trial that the heartbeat check fails and
     retries (closing its run FAILED). `current` is (trial number, run id or
     None) of the trial in hand, for run_worker to settle a trial a peer failed.
+    `interrupts` (an Interrupts) decides where Ctrl-C may stop a trial: in its
+    epochs, not in the middle of writing to a store.
     """
 
-    def __init__(self, settings: StudySettings, data, tracker, extra_callbacks=()):
+    def __init__(self, settings: StudySettings, data, tracker, extra_callbacks=(), interrupts=None):
         self.settings, self.data, self.tracker = settings, data, tracker
         self.extra_callbacks = list(extra_callbacks)
+        self.interrupts = interrupts or Interrupts()
         self.current = None
         self._mirrored_train = None         # mirror_rows(data.X_train), built by the first flipping trial
 
@@ -540,10 +547,15 @@ class Objective:
                 raise StopTraining(f"pruned at epoch {stats.epoch}: validation accuracy "
                                    f"{stats.val_accuracy:.4f} below the pruner's cut")
 
-        result = train(self.data.X_train, self.data.y_train, self.data.X_val, self.data.y_val,
-                       config, callbacks=[run.log_epoch, prune, *self.extra_callbacks],
-                       preprocessor=self.data.preprocessors[config.preprocessing],
-                       X_train_mirrored=self.mirrored_train() if config.flip else None)
+        def after_epoch(stats):
+            for callback in (run.log_epoch, prune, *self.extra_callbacks):
+                callback(stats)
+
+        with self.interrupts.interruptible():
+            result = train(self.data.X_train, self.data.y_train, self.data.X_val, self.data.y_val,
+                           config, callbacks=[self.interrupts.deferring(after_epoch)],
+                           preprocessor=self.data.preprocessors[config.preprocessing],
+                           X_train_mirrored=self.mirrored_train() if config.flip else None)
         run.log_result(result)
         if result.diverged:
             epoch = result.epochs[-1].epoch
@@ -650,21 +662,19 @@ def make_study(settings: StudySettings, tracker, storage=None):
     return study
 
 
-def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0, progress=None,
-               checkpoint=None):
+def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0, progress=None):
     """Run trials until the study has `settings.trials` finished (complete or pruned) trials.
 
     Near the end, a worker whose peers hold the last trials waits instead of
     starting surplus ones: should a peer die, its trial is failed by the
     heartbeat check and comes back as a waiting retry, which this worker runs.
-    `progress` (a progress.StudyProgress) is shown every finished trial, any worker's;
-    `checkpoint()` is called before each step (Interrupts.check).
+    `progress` (a progress.StudyProgress) is shown every finished trial, any worker's.
+    An interrupt is raised before each step and while waiting (objective.interrupts).
     On the way out, MLflow runs left RUNNING by trials that have finished are closed.
     """
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     while True:
-        if checkpoint is not None:
-            checkpoint()
+        objective.interrupts.check()
         if progress is not None:
             progress.update(progress_outcomes(study))
         if deadline is not None and time.monotonic() >= deadline:
@@ -675,7 +685,7 @@ def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0, prog
             outcome = "done"
             break
         if c["finished"] + c["running"] >= settings.trials and not c["waiting"]:
-            time.sleep(poll_seconds)
+            objective.interrupts.sleep(poll_seconds)
             optuna.storages.fail_stale_trials(study)
             continue
         objective.current = None
@@ -873,28 +883,75 @@ def spawn_workers(argv, count, blas_threads):
 
 
 class Interrupts:
-    """SIGINT and SIGTERM as KeyboardInterrupt and cli.Terminated, raised where they land and
-    again at the next `check` (called after every epoch and between trials).
+    """SIGINT and SIGTERM as KeyboardInterrupt and cli.Terminated, raised only where that is safe.
+
+    A worker's main thread either computes (trains, sleeps between polls) or
+    writes to the stores. An exception raised inside a database write can leave
+    its connection in the middle of a transaction, holding SQLite's write lock
+    for as long as the exception's frames live; the cleanup that follows (closing
+    the trial's run, which the logging thread must finish writing first) then
+    waits on a lock its own process holds. CI hung on exactly that. So a signal
+    is raised at once only inside `interruptible()` blocks and `sleep`, and
+    otherwise at the next `check()`: on entering `interruptible()`, after each
+    `deferring(fn)` call (an epoch's callbacks) and between trials. Once caught,
+    it is raised again at every check, so nothing can swallow it.
 
     Python drops an exception raised inside a weakref callback or __del__ (and
     prints it as "Exception ignored in ..."), so a Ctrl-C that lands during
     garbage collection would otherwise be lost and the search would carry on;
-    here it is raised again, quietly. Use as a context manager in the main thread.
+    here it is raised again, quietly. Use as a context manager in the main
+    thread; outside it (and in other threads) the methods only compute and sleep.
     """
 
     def __init__(self):
         self.pending = None
+        self._raise_now = False             # the main thread is in an interruptible block
         self._previous = {}
         self._previous_hook = None
 
     def _handle(self, signum, frame):
-        self.pending = cli.Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-        raise self.pending()
+        if self.pending is None:            # the first one decides how the command ends
+            self.pending = cli.Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if self._raise_now:
+            raise self.pending()
 
     def check(self, *_) -> None:
         """Raise the interrupt that arrived, if any; takes (and ignores) a trainer callback's EpochStats."""
         if self.pending is not None:
             raise self.pending()
+
+    @contextlib.contextmanager
+    def _raising(self, now: bool):
+        if threading.current_thread() is not threading.main_thread():
+            yield                           # signals are handled in the main thread only
+            return
+        previous, self._raise_now = self._raise_now, now
+        try:
+            yield
+        finally:
+            self._raise_now = previous
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A block of pure computation (no store is written inside): an interrupt stops it at once."""
+        self.check()
+        with self._raising(True):
+            yield
+
+    def deferring(self, fn):
+        """`fn`, with interrupts held back while it runs and raised after it (for I/O inside
+        an interruptible block, such as an epoch's callbacks)."""
+        def deferred(*args):
+            with self._raising(False):
+                fn(*args)
+            self.check()
+        return deferred
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep that a new interrupt ends at once (an interrupt already caught does not:
+        cleanup after one may sleep, waiting for a store)."""
+        with self._raising(True):
+            time.sleep(seconds)
 
     def _unraisable(self, unraisable) -> None:
         if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and self.pending is not None):
@@ -939,7 +996,9 @@ def main(argv=None):
     # Everything that can fail on user input fails here, before any trial starts, and before
     # anything is written to a store that already exists.
     tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
-    storage = open_storage(settings.storage, settings.heartbeat, stale_trial_handler(tracker))
+    interrupts = Interrupts()
+    storage = open_storage(settings.storage, settings.heartbeat, stale_trial_handler(tracker),
+                           sleep=interrupts.sleep)
     split = data_module.load_raw_split(settings.data_dir, train_size=settings.train_size,
                                        val_size=settings.val_size, test_size=settings.test_size,
                                        progress=not settings.quiet)
@@ -960,11 +1019,10 @@ def main(argv=None):
         from threadpoolctl import threadpool_limits
         threadpool_limits(blas_threads)
     display = StudyProgress(settings.trials, quiet=settings.quiet)
-    interrupts = Interrupts()
-    objective = Objective(settings, split, tracker, extra_callbacks=[display.on_epoch, interrupts.check])
+    objective = Objective(settings, split, tracker, extra_callbacks=[display.on_epoch], interrupts=interrupts)
     try:
         with interrupts, display:
-            outcome = run_worker(study, objective, settings, progress=display, checkpoint=interrupts.check)
+            outcome = run_worker(study, objective, settings, progress=display)
     except KeyboardInterrupt as interrupt:
         # the objective has closed the trial's run KILLED and queued its configuration again
         terminated = isinstance(interrupt, cli.Terminated)

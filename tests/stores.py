@@ -11,6 +11,7 @@ The accounting rule a study must satisfy however it was interrupted:
 from __future__ import annotations
 
 import collections
+import math
 import os
 import signal
 import subprocess
@@ -95,19 +96,25 @@ def wait_for(predicate, timeout: float, what: str, poll=0.2):
         time.sleep(poll)
 
 
-def running_trial_with_epochs(storage: str, min_epochs=1, min_number=1, study: str = STUDY):
+def running_trial_with_epochs(storage: str, min_epochs=1, min_number=1, study: str = STUDY, max_epochs=None):
     """A RUNNING trial (number >= min_number: trial 0 is the short baseline) that has a run
-    and has reported `min_epochs` epochs, or None."""
-    try:
-        loaded = load_study(storage, study)
-    except Exception:       # not created yet
-        return None
+    and has reported `min_epochs` epochs (and at most `max_epochs`), or None."""
     from optuna.trial import TrialState
-    for t in loaded.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    try:
+        # opening a storage takes ~70 ms, reading it ~1: polls reuse it, to see trials of tiny epochs
+        loaded = _polled.get((storage, study)) or _polled.setdefault((storage, study), load_study(storage, study))
+        running = loaded.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except Exception:       # not created yet, or the database restarted under the open storage
+        _polled.pop((storage, study), None)
+        return None
+    for t in running:
         if t.number >= min_number and "mlflow_run_id" in t.user_attrs \
-                and len(t.intermediate_values) >= min_epochs:
+                and min_epochs <= len(t.intermediate_values) <= (max_epochs or math.inf):
             return t
     return None
+
+
+_polled: dict = {}          # (storage, study) -> the study running_trial_with_epochs reads
 
 
 def account(storage: str, tracking_uri: str, target: int, study: str = STUDY) -> dict:

@@ -6,6 +6,7 @@ Everything runs through the real CLI on tiny fake data; see stores.account for t
 import os
 import signal
 import sys
+import time
 
 import pytest
 
@@ -30,12 +31,14 @@ def uris(root):
 
 
 def interrupt_mid_trial(root, sig, *args):
-    """Start a search, send `sig` once its second trial has trained an epoch; return (process, trial)."""
+    """Start a search, send `sig` once a trial after the baseline has trained an epoch, and no more than
+    half of its 30 (a trial that has finished training is saved before Ctrl-C stops the search);
+    return (process, trial)."""
     storage, _ = uris(root)
     process = start_search(*args, cwd=root)
     try:
-        trial = wait_for(lambda: running_trial_with_epochs(storage) if process.poll() is None else "exited",
-                         180, "a trial in progress", poll=0.05)
+        trial = wait_for(lambda: running_trial_with_epochs(storage, max_epochs=15) if process.poll() is None
+                         else "exited", 180, "a trial in progress", poll=0.05)
         assert trial != "exited", stderr_of(root)
         os.kill(process.pid, sig)
         process.wait(120)
@@ -247,3 +250,73 @@ def test_the_pruner_cuts_only_a_reduction_factor_short_of_the_last_epoch(study_d
     tracker.end_study()
     trial = study.trials[0]
     assert (trial.state.name, max(trial.intermediate_values)) == expected
+
+
+def test_an_interrupt_is_raised_at_once_in_computation_and_held_back_elsewhere():
+    from mlp_exp import cli, search
+
+    interrupts = search.Interrupts()
+    with interrupts:
+        reached = []
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.interruptible():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)                   # the signal ends it at once
+                reached.append("after the sleep")
+        assert reached == []
+    interrupts = search.Interrupts()
+    with interrupts:
+        write = interrupts.deferring(lambda: (os.kill(os.getpid(), signal.SIGTERM), reached.append("written")))
+        with pytest.raises(cli.Terminated):
+            with interrupts.interruptible():
+                write()                         # as an epoch's callbacks: finished, then stopped
+                reached.append("after the write")
+        assert reached == ["written"]
+        os.kill(os.getpid(), signal.SIGINT)     # outside interruptible blocks: only noted ...
+        reached.append("went on")
+        with pytest.raises(cli.Terminated):     # ... and the first interrupt is raised at every check
+            interrupts.check()
+    assert reached == ["written", "went on"]
+
+
+def test_ctrl_c_while_an_epoch_is_being_recorded_stops_the_trial_after_the_write(study_dir):
+    """A Ctrl-C that lands inside a database write (here: the Optuna row of an epoch's validation
+    accuracy) is raised after the epoch's callbacks, not inside the transaction. Raised inside one,
+    it can leave the process holding the database's write lock while the cleanup after the interrupt
+    waits for the logging thread, which needs that lock: CI hung on exactly that."""
+    import sqlite3
+    import sqlalchemy
+    from mlp_exp import data, search, tracking
+
+    settings = search.StudySettings(trials=2, storage=f"sqlite:///{study_dir}/studies/optuna.db",
+                                    tracking_uri=f"sqlite:///{study_dir}/mlruns/mlflow.db",
+                                    data_dir=str(study_dir / "data"), train_size=200, val_size=50,
+                                    test_size=50, max_epochs=6, fixed={"hidden_size": 8}, pruner="none")
+    tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
+    interrupts = search.Interrupts()
+    storage = search.open_storage(settings.storage, settings.heartbeat, search.stale_trial_handler(tracker),
+                                  sleep=interrupts.sleep)
+    split = data.load_raw_split(settings.data_dir, train_size=200, val_size=50, test_size=50, progress=False)
+    study = search.make_study(settings, tracker, storage)
+    tracker.study_run(settings.study_name)
+    inserts = []
+
+    def ctrl_c_inside_the_third_epochs_insert(connection, cursor, statement, *_):
+        if statement.startswith("INSERT INTO trial_intermediate_values"):
+            inserts.append(statement)
+            if len(inserts) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    sqlalchemy.event.listen(storage.engine, "after_cursor_execute", ctrl_c_inside_the_third_epochs_insert)
+    objective = search.Objective(settings, split, tracker, interrupts=interrupts)
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts:
+            search.run_worker(study, objective, settings)
+    sqlalchemy.event.remove(storage.engine, "after_cursor_execute", ctrl_c_inside_the_third_epochs_insert)
+
+    sqlite3.connect(study_dir / "studies" / "optuna.db", timeout=0).execute("BEGIN IMMEDIATE")  # no lock left
+    victim, retry = load_study(settings.storage).get_trials()
+    assert victim.state.name == "FAIL" and len(victim.intermediate_values) == 3    # written, then stopped
+    assert retry.state.name == "WAITING" and retry.user_attrs["retry_of"] == victim.number
+    run = next(r for r in trial_runs(settings.tracking_uri) if r.info.run_id == victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "interrupted"
