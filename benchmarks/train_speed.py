@@ -31,7 +31,10 @@ tracking (the rest: MLflow calls in the trial's thread and waiting for the
 background logger at the end). Each tracked trial is paired with the same
 trial untracked, in alternating order, and the paired overhead, tracked wall /
 untracked wall - 1, also counts what the background logging thread costs the
-training thread. Medians over --trial-repeats pairs.
+training thread. Medians over --trial-repeats pairs. Pairs move by several
+percent with the machine's drift, so a second figure bounds the overhead from
+CPU time instead: tracking in the trial's thread plus the CPU seconds of its
+logging thread (the most that thread can delay training), over the wall time.
 
 Part 3, peak memory. `python -m mlp_exp.search` runs in a subprocess with
 throwaway stores, `--fixed hidden_size=2000` (the largest net of the default
@@ -59,8 +62,9 @@ after waiting for quiet, at most R times (default 3); --openblas-env-check to
 re-run part 1 (no torch) in a subprocess with OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE unset and print the result as one extra, clearly labelled
 line. The benchmark never sets or unsets an OPENBLAS_* variable in its own
-process. --parts speed split memory picks parts; --trial-epochs E (10) and
---trial-repeats N (3) size part 2; --memory-trials N [N ...] (2 6) part 3.
+process. --parts speed split memory picks parts; --trial-epochs E (30, the
+study's default --max-epochs: a trial that is not pruned) and --trial-repeats N
+(3) size part 2; --memory-trials N [N ...] (2 6) part 3.
 
 Prints figures only; nothing here asserts on timings.
 """
@@ -88,6 +92,7 @@ from mlp_exp import trainer                                            # noqa: E
 from mlp_exp.config import TrainConfig                                 # noqa: E402
 from mlp_exp.data import DEFAULT_LABEL_NAMES, IMAGE_SHAPE, fit_preprocessor, load_cifar10_uint8   # noqa: E402
 from mlp_exp.kernels import gemm                                       # noqa: E402
+from mlp_exp.search import DEFAULT_MAX_EPOCHS                          # noqa: E402
 
 NUM_TRAIN, NUM_VAL, NUM_CLASSES = 49_000, 1_000, 10
 INPUT_SIZE = int(np.prod(IMAGE_SHAPE))
@@ -480,7 +485,7 @@ def tracked_trial(data, preprocessor, config, tracker, number) -> dict:
     training = sum(e.seconds for e in result.epochs)
     evaluation = sum(e.eval_seconds for e in result.epochs)
     return {"wall": wall, "training": training, "evaluation": evaluation,
-            "tracking": wall - training - evaluation}
+            "tracking": wall - training - evaluation, "logger_cpu": run.background_cpu_seconds}
 
 
 def part_trial_split(args, data):
@@ -527,6 +532,13 @@ def part_trial_split(args, data):
     overheads = [t["wall"] / u - 1 for t, u in zip(tracked, untracked)]
     print(f"tracking overhead, paired (tracked wall / untracked wall - 1): median {_median(overheads):.2%} "
           f"(pairs: {', '.join(f'{o:.2%}' for o in overheads)}); untracked wall median {_median(untracked):.2f} s")
+    # The background logger can delay training by at most the CPU it uses (taken from a BLAS
+    # thread, or holding the GIL the training thread waits for): a bound free of the machine's
+    # drift, which moves single pairs by several percent.
+    bounds = [(t["tracking"] + t["logger_cpu"]) / t["wall"] for t in tracked]
+    print(f"tracking overhead, bound (tracking in the trial's thread + CPU of the logging thread "
+          f"{_median([t['logger_cpu'] for t in tracked]):.2f} s, over wall): median {_median(bounds):.2%} "
+          f"(trials: {', '.join(f'{b:.2%}' for b in bounds)})")
 
 
 # ------------------------------------------------------------------ part 3
@@ -598,7 +610,8 @@ def parse_args(argv=None):
                         help="add one labelled line: part 1 re-run in a subprocess with OPENBLAS_* unset")
     parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     parser.add_argument("--json", help="also write part 1's figures to this file")
-    parser.add_argument("--trial-epochs", type=int, default=10, help="part 2: epochs of the measured trial")
+    parser.add_argument("--trial-epochs", type=int, default=DEFAULT_MAX_EPOCHS,
+                        help="part 2: epochs of the measured trial (default: the study's --max-epochs)")
     parser.add_argument("--trial-repeats", type=int, default=3, help="part 2: tracked/untracked pairs")
     parser.add_argument("--memory-trials", type=int, nargs="+", default=[2, 6],
                         help="part 3: run the study once per trial count")

@@ -557,6 +557,7 @@ class _Worker:
 
     def __init__(self, name: str):
         self.errors: list[Exception] = []
+        self.cpu_seconds = 0.0              # CPU time the thread used, once it has stopped
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -571,6 +572,7 @@ class _Worker:
                 fn(*args)
             except Exception as err:        # logging must never kill training
                 self.errors.append(err)
+        self.cpu_seconds = time.thread_time()
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -696,6 +698,11 @@ class TrialRun:
             first = self._worker.errors[0]
             _log.warning("MLflow run %s: %d logging call(s) failed, first: %s: %s", self.run_id,
                          len(self._worker.errors), type(first).__name__, one_line(first))
+
+    @property
+    def background_cpu_seconds(self) -> float:
+        """CPU seconds the run's logging thread used beside training (known after `wait`)."""
+        return self._worker.cpu_seconds
 
     def _log_curves(self, loss_history, train_accuracy, val_accuracy) -> None:
         from . import vis
