@@ -969,6 +969,19 @@ class Interrupts:
         sys.unraisablehook = self._previous_hook
 
 
+def wait_for_workers(workers, patience: float = 30.0) -> None:
+    """Wait for the spawned workers to close their trials and exit; say so if it takes long."""
+    import subprocess
+
+    for worker in workers:
+        try:
+            worker.wait(patience)
+        except subprocess.TimeoutExpired:
+            print(f"waiting for worker {worker.pid} to close its trial (Ctrl-C again to stop "
+                  "without waiting: the worker then stops on its own)", file=sys.stderr, flush=True)
+            worker.wait()
+
+
 def stop_with_parent(parent_pid: int, poll_seconds=1.0) -> None:
     """In a spawned worker: send ourselves SIGTERM (close the trial, exit 143) once the parent is gone."""
     def watch():
@@ -1028,8 +1041,7 @@ def main(argv=None):
         terminated = isinstance(interrupt, cli.Terminated)
         for worker in workers:
             worker.send_signal(signal.SIGTERM if terminated else signal.SIGINT)
-        for worker in workers:
-            worker.wait()
+        wait_for_workers(workers)
         if not spawned:
             try:
                 tracker.end_study("KILLED")

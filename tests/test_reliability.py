@@ -320,3 +320,14 @@ def test_ctrl_c_while_an_epoch_is_being_recorded_stops_the_trial_after_the_write
     assert retry.state.name == "WAITING" and retry.user_attrs["retry_of"] == victim.number
     run = next(r for r in trial_runs(settings.tracking_uri) if r.info.run_id == victim.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "interrupted"
+
+
+def test_the_parent_says_which_worker_it_waits_for_when_closing_takes_long(capsys):
+    import subprocess
+    from mlp_exp import search
+
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    search.wait_for_workers([slow], patience=0.2)
+    assert slow.returncode == 0                             # waited for, to the end
+    assert capsys.readouterr().err == (f"waiting for worker {slow.pid} to close its trial (Ctrl-C again to "
+                                       "stop without waiting: the worker then stops on its own)\n")
