@@ -102,7 +102,9 @@ def running_trial_with_epochs(storage: str, min_epochs=1, min_number=1, study: s
     from optuna.trial import TrialState
     try:
         # opening a storage takes ~70 ms, reading it ~1: polls reuse it, to see trials of tiny epochs
-        loaded = _polled.get((storage, study)) or _polled.setdefault((storage, study), load_study(storage, study))
+        loaded = _polled.get((storage, study))
+        if loaded is None:
+            loaded = _polled[storage, study] = load_study(storage, study)
         running = loaded.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     except Exception:       # not created yet, or the database restarted under the open storage
         _polled.pop((storage, study), None)
