@@ -16,14 +16,25 @@ accuracy, champion test accuracy, wall time, trials per hour):
 - study:  the default `python -m mlp_exp.search --trials 50` (--study-seed N for
           another sampler seed; its row is kept beside the default's, and a
           random part in the same command gets that study's wall time).
+- spread: retrains the champion configuration of every search row found in
+          --out with --spread-seeds new training seeds (1000, 1001, ...; the
+          searches use seed + trial number, below 1000) and reports each
+          champion's validation and test accuracy as mean, sd and range. A
+          champion is chosen on 1,000 validation images from a flat top, so
+          its one test score is partly luck: this is how much.
 
     python benchmarks/search_quality.py                       # all three, ~50 min on a quiet 2-core machine
     python benchmarks/search_quality.py --parts grid          # one part
+    python benchmarks/search_quality.py --parts spread --spread-seeds 3   # after the searches, ~3 min a run
     python benchmarks/search_quality.py --parts study --study-storage sqlite:///studies/optuna.db \\
         --study-tracking-uri sqlite:///mlruns/mlflow.db       # report a study that already ran
+    python benchmarks/search_quality.py --parts study --study-storage sqlite:///tmp/x/study.db --study-name study \\
+        --study-tracking-uri sqlite:///tmp/x/mlruns/mlflow.db --study-model-name bench-study \\
+        --study-key study-variant --study-label "a variant"    # report it as its own row
 
 Each part writes its row to --out (JSON lines) so parts can run separately
-and the table is printed from all rows found there.
+and the tables are printed from all rows found there (spread runs are saved
+one by one, so an interrupted spread part resumes where it stopped).
 """
 from __future__ import annotations
 
@@ -44,7 +55,7 @@ sys.path.insert(0, str(REPO))
 from mlp_exp.config import TrainConfig               # noqa: E402
 from mlp_exp.data import load_raw_split              # noqa: E402
 from mlp_exp.kernels import predict_float32          # noqa: E402
-from mlp_exp.trainer import train                     # noqa: E402
+from mlp_exp.trainer import mirror_rows, train        # noqa: E402
 
 SPEC_GRID = [(h, lr, reg) for h in (200, 300, 500, 1000) for lr in (1e-5, 5e-5, 1e-4) for reg in (1.0, 10.0)]
 
@@ -94,9 +105,50 @@ def study_row(label, study_name, storage, tracking_uri, model_name):
     client = mlflow.MlflowClient(tracking_uri)
     champion = client.get_model_version_by_alias(model_name, "champion")
     run = client.get_run(champion.run_id)
+    config = next(t.user_attrs["config"] for t in trials if t.user_attrs.get("mlflow_run_id") == champion.run_id)
     return {"part": study_name, "method": label, "best_val": study.best_value,
             "test": run.data.metrics.get("test_accuracy"),
-            "wall_s": (max(ends) - min(starts)).total_seconds(), "trials": len(trials)}
+            "wall_s": (max(ends) - min(starts)).total_seconds(), "trials": len(trials), "config": config}
+
+
+SPREAD_SEED0 = 1000
+
+
+def config_key(config: dict) -> str:
+    """One name per distinct champion configuration (its training seed aside)."""
+    return json.dumps({k: v for k, v in sorted(config.items()) if k != "seed"})
+
+
+def run_spread(rows, seeds, data_dir, save):
+    """Retrain each search row's champion configuration with `seeds` new seeds; `save` after every run."""
+    wanted = {}
+    for row in rows.values():
+        if row.get("config"):
+            wanted.setdefault(config_key(row["config"]), row["config"])
+    spread = rows.setdefault("spread", {"part": "spread", "runs": {}})["runs"]
+    todo = [(key, config, SPREAD_SEED0 + i) for key, config in wanted.items() for i in range(seeds)
+            if str(SPREAD_SEED0 + i) not in spread.get(key, {})]
+    if not todo:
+        return
+    modes = sorted({config["preprocessing"] for _, config, _ in todo})
+    sizes = {(config["train_size"], config["val_size"]) for _, config, _ in todo}
+    if len(sizes) > 1:
+        sys.exit(f"spread: the champions were searched on different splits {sorted(sizes)}; use one --out per split")
+    (train_size, val_size), = sizes
+    split = load_raw_split(data_dir, train_size=train_size, val_size=val_size, preprocessings=modes, progress=False)
+    mirrored = mirror_rows(split.X_train) if any(config["flip"] for _, config, _ in todo) else None
+    for index, (key, values, seed) in enumerate(todo):
+        config = TrainConfig.from_dict({**values, "seed": seed})
+        prep = split.preprocessors[config.preprocessing]
+        started = time.perf_counter()
+        result = train(split.X_train, split.y_train, split.X_val, split.y_val, config, preprocessor=prep,
+                       X_train_mirrored=mirrored if config.flip else None)
+        test = float(np.mean(predict_float32(result.best_params, prep.apply(split.X_test)) == split.y_test))
+        spread.setdefault(key, {})[str(seed)] = {"best_val": result.best_val_accuracy, "test": test}
+        save()
+        print(f"  spread {index + 1}/{len(todo)} hidden {config.hidden_size} seed {seed}: "
+              f"val {result.best_val_accuracy:.4f} test {test:.4f} ({time.perf_counter() - started:.0f} s)",
+              flush=True)
 
 
 def print_table(rows):
@@ -109,10 +161,34 @@ def print_table(rows):
     print("\nspec notebook on official CIFAR-10: best val 0.532, test 0.525")
 
 
+def print_spread(rows, order):
+    runs = rows.get("spread", {}).get("runs", {})
+    lines = []
+    for key in order:
+        row = rows[key]
+        found = runs.get(config_key(row["config"]), {}) if row.get("config") else {}
+        if not found:
+            continue
+        val = np.array([r["best_val"] for r in found.values()])
+        test = np.array([r["test"] for r in found.values()])
+        c = row["config"]
+        lines.append(f"| {row['method']} | {c['hidden_size']}, {c['learning_rate']:.3g}, {c['reg']:.2g}, "
+                     f"{c['momentum']:.3f}, {c['lr_decay']:.3f} | {row['best_val']:.4f} | {row['test']:.4f} "
+                     f"| {len(found)} | {val.mean():.4f} ± {val.std(ddof=1) if len(val) > 1 else 0:.4f} "
+                     f"({val.min():.3f}–{val.max():.3f}) | {test.mean():.4f} ± "
+                     f"{test.std(ddof=1) if len(test) > 1 else 0:.4f} ({test.min():.3f}–{test.max():.3f}) |")
+    if lines:
+        print("\nchampions retrained with new seeds (mean ± sd, range):\n")
+        print("| champion of | hidden, lr, reg, momentum, decay | search val | search test | seeds "
+              "| retrained best val | retrained test |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(lines))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=["grid", "study", "random"],
-                        choices=["grid", "study", "random"])
+                        choices=["grid", "study", "random", "spread"])
     parser.add_argument("--data-dir", default=os.environ.get("MLP_EXP_DATA_DIR", str(REPO / "data")))
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--study-seed", type=int, default=0,
@@ -126,6 +202,11 @@ def main():
     parser.add_argument("--study-name", default="cifar10-mlp")
     parser.add_argument("--study-tracking-uri", default="sqlite:///mlruns/mlflow.db")
     parser.add_argument("--study-model-name", default="mlp-cifar10")
+    parser.add_argument("--study-key", help="row key for --study-storage (default: study or study-seedN); "
+                                            "keys starting with 'study' are tabled")
+    parser.add_argument("--study-label", help="row label for --study-storage")
+    parser.add_argument("--spread-seeds", type=int, default=3,
+                        help="training seeds per champion configuration for the spread part")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "search_quality.jsonl"))
     args = parser.parse_args()
 
@@ -133,15 +214,21 @@ def main():
     if Path(args.out).exists():
         rows = {r["part"]: r for r in map(json.loads, Path(args.out).read_text().splitlines()) if r}
     workdir = Path(tempfile.mkdtemp(prefix="search-quality-"))
-    study_key = "study" if args.study_seed == 0 else f"study-seed{args.study_seed}"
+    study_key = args.study_key or ("study" if args.study_seed == 0 else f"study-seed{args.study_seed}")
     random_key = "random" if args.random_seed == 0 else f"random-seed{args.random_seed}"
+    def save():
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+
     for part in args.parts:
         print(f"== {part}", flush=True)
+        if part == "spread":
+            run_spread(rows, args.spread_seeds, args.data_dir, save)
+            continue
         if part == "grid":
             row = run_grid(args.data_dir)
         elif part == "study" and args.study_storage:
-            row = study_row(f"default study, --trials {args.trials} (existing)", args.study_name,
-                            args.study_storage, args.study_tracking_uri, args.study_model_name)
+            row = study_row(args.study_label or f"default study, --trials {args.trials} (existing)",
+                            args.study_name, args.study_storage, args.study_tracking_uri, args.study_model_name)
         elif part == "study":
             row = run_search(f"default study, --trials {args.trials}, seed {args.study_seed}", "study",
                              ["--trials", str(args.trials), "--seed", str(args.study_seed)], workdir, args.data_dir)
@@ -156,9 +243,10 @@ def main():
         key = {"random": random_key, "study": study_key}.get(part, part)
         row["part"] = key
         rows[key] = row
-        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+        save()
     order = ["grid", *sorted(k for k in rows if k.startswith("random")), *sorted(k for k in rows if k.startswith("study"))]
     print_table([rows[k] for k in order if k in rows])
+    print_spread(rows, [k for k in order if k in rows])
     print(f"\nmachine: {os.cpu_count()} cores; command: python {' '.join(sys.argv)}")
 
 
