@@ -83,6 +83,8 @@ SPEC_BASELINE = dict(
 
 # Hyperband: rungs at 1, 3, 9, ... epochs, each keeping the best third of the trials that reach it.
 PRUNER_MIN_EPOCHS, PRUNER_REDUCTION_FACTOR = 1, 3
+# TPE's random start-up trials; the pruner lets them train in full (see StartupThenHyperband).
+SAMPLER_STARTUP_TRIALS = 10
 
 
 def prunable_epoch(epoch: int, num_epochs: int) -> bool:
@@ -95,6 +97,27 @@ def prunable_epoch(epoch: int, num_epochs: int) -> bool:
     the full budget, so only rungs a reduction factor or more short of it prune.
     """
     return epoch * PRUNER_REDUCTION_FACTOR <= num_epochs
+
+
+class StartupThenHyperband(optuna.pruners.BasePruner):
+    """Hyperband for the trials TPE proposes; the random start-up trials before them always train in full.
+
+    The start-up trials are what TPE learns the space from, and what
+    Hyperband's rungs first compare against. Early epochs rank this space
+    poorly (high learning rates with high momentum start worst and, decayed,
+    end best), so cutting start-up trials at epoch 1 teaches TPE that the
+    best region is bad: with seed 2 the default study cut start-up trial 4 at
+    epoch 1 (val 0.418); trained in full it reaches 0.610 and won random search.
+    A retried trial keeps the place of the trial it retries.
+    """
+
+    def __init__(self, startup_trials: int, hyperband: optuna.pruners.HyperbandPruner):
+        self.startup_trials, self.hyperband = startup_trials, hyperband
+
+    def prune(self, study, trial) -> bool:
+        if trial.system_attrs.get("failed_trial", trial.number) < self.startup_trials:
+            return False
+        return self.hyperband.prune(study, trial)
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -641,13 +664,14 @@ def make_study(settings: StudySettings, tracker, storage=None):
     if settings.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=settings.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=10,
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=SAMPLER_STARTUP_TRIALS,
                                              multivariate=True, constant_liar=True)
     if settings.pruner == "none":
         pruner = optuna.pruners.NopPruner()
     else:
-        pruner = optuna.pruners.HyperbandPruner(min_resource=PRUNER_MIN_EPOCHS, max_resource=settings.max_epochs,
-                                                reduction_factor=PRUNER_REDUCTION_FACTOR)
+        pruner = StartupThenHyperband(SAMPLER_STARTUP_TRIALS, optuna.pruners.HyperbandPruner(
+            min_resource=PRUNER_MIN_EPOCHS, max_resource=settings.max_epochs,
+            reduction_factor=PRUNER_REDUCTION_FACTOR))
     try:
         study = optuna.create_study(study_name=settings.study_name, storage=storage, sampler=sampler,
                                     pruner=pruner, direction="maximize")
@@ -1072,11 +1096,12 @@ def study_params(settings: StudySettings) -> dict:
             "fixed": ",".join(f"{k}={v}" for k, v in sorted(settings.fixed.items())) or "none",
             "search_space": ";".join(f"{k}={v}" for k, v in SEARCH_SPACE.items()),
             "sampler": ("Random" if settings.sampler == "random"
-                        else "TPE(multivariate, constant_liar, n_startup_trials=10)"),
+                        else f"TPE(multivariate, constant_liar, n_startup_trials={SAMPLER_STARTUP_TRIALS})"),
             "pruner": ("none" if settings.pruner == "none" else
                        f"Hyperband(min_resource={PRUNER_MIN_EPOCHS}, max_resource={settings.max_epochs}, "
                        f"reduction_factor={PRUNER_REDUCTION_FACTOR}), no cuts after epoch "
-                       f"{settings.max_epochs // PRUNER_REDUCTION_FACTOR}")}
+                       f"{settings.max_epochs // PRUNER_REDUCTION_FACTOR}, none in the first "
+                       f"{SAMPLER_STARTUP_TRIALS} trials")}
 
 
 def strip_flag(argv, flag, takes_value):

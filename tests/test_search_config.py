@@ -65,3 +65,28 @@ def test_parse_fixed_rejects_bad_pairs(pair, message):
         parse_fixed([pair])
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_start_up_trials_and_their_retries_train_in_full_and_later_trials_are_pruned():
+    """Each trial's curve is worse than the one before, so Hyperband alone would cut nearly every
+    trial at its bracket's first rung, start-up trials too. The default study's pruner lets TPE's
+    random start-up trials, and a retry of one, train all their epochs and prunes the trials after."""
+    from mlp_exp.search import SAMPLER_STARTUP_TRIALS, make_study, prunable_epoch, retry
+
+    settings = StudySettings(study_name="startup", max_epochs=30)
+    study = make_study(settings, tracker=None, storage=optuna.storages.InMemoryStorage())
+
+    def objective(trial):
+        for epoch in range(1, 31):
+            trial.report(0.5 - 0.01 * trial.number + 0.001 * epoch, epoch)
+            if prunable_epoch(epoch, 30) and trial.should_prune():
+                raise optuna.TrialPruned()
+        return 0.53 - 0.01 * trial.number
+
+    study.optimize(objective, n_trials=20)
+    retry(study, study.trials[3], "test")
+    study.optimize(objective, n_trials=1)
+    states = [t.state.name for t in study.trials]
+    assert states[:SAMPLER_STARTUP_TRIALS] == ["COMPLETE"] * SAMPLER_STARTUP_TRIALS
+    assert states[SAMPLER_STARTUP_TRIALS:20].count("PRUNED") >= 5
+    assert study.trials[20].system_attrs["failed_trial"] == 3 and states[20] == "COMPLETE"
