@@ -31,6 +31,9 @@ accuracy, champion test accuracy, wall time, trials per hour):
     python benchmarks/search_quality.py --parts study --study-storage sqlite:///tmp/x/study.db --study-name study \\
         --study-tracking-uri sqlite:///tmp/x/mlruns/mlflow.db --study-model-name bench-study \\
         --study-key study-variant --study-label "a variant"    # report it as its own row
+    python benchmarks/search_quality.py --parts study --study-storage sqlite:///tmp/y/random.db --study-name random \\
+        --study-tracking-uri sqlite:///tmp/y/random-mlruns/mlflow.db --study-model-name bench-random \\
+        --read-at 1400 --study-key random-at-1400 --study-label "random search read at 23.3 min"
 
 Each part writes its row to --out (JSON lines) so parts can run separately
 and the tables are printed from all rows found there (spread runs are saved
@@ -94,21 +97,40 @@ def run_search(label, part, extra, workdir, data_dir):
     return row
 
 
-def study_row(label, study_name, storage, tracking_uri, model_name):
+def study_row(label, study_name, storage, tracking_uri, model_name, read_at=None, data_dir=None):
+    """A row for a finished search: its champion, or with `read_at` (seconds) the search as it stood
+    then: the best trial completed by that time, its logged model scored on the test set here."""
     import mlflow
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
     starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
-    ends = [t.datetime_complete for t in trials if t.datetime_complete]
     client = mlflow.MlflowClient(tracking_uri)
-    champion = client.get_model_version_by_alias(model_name, "champion")
-    run = client.get_run(champion.run_id)
-    config = next(t.user_attrs["config"] for t in trials if t.user_attrs.get("mlflow_run_id") == champion.run_id)
-    return {"part": study_name, "method": label, "best_val": study.best_value,
-            "test": run.data.metrics.get("test_accuracy"),
-            "wall_s": (max(ends) - min(starts)).total_seconds(), "trials": len(trials), "config": config}
+    if read_at is None:
+        champion = client.get_model_version_by_alias(model_name, "champion")
+        best = next(t for t in trials if t.user_attrs.get("mlflow_run_id") == champion.run_id)
+        test = client.get_run(champion.run_id).data.metrics.get("test_accuracy")
+        wall = (max(t.datetime_complete for t in trials) - min(starts)).total_seconds()
+    else:
+        trials = [t for t in trials if (t.datetime_complete - min(starts)).total_seconds() <= read_at]
+        best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+        test = logged_model_test_accuracy(client, best.user_attrs["mlflow_run_id"], tracking_uri, data_dir)
+        wall = read_at
+    return {"part": study_name, "method": label, "best_val": best.value, "test": test,
+            "wall_s": wall, "trials": len(trials), "config": best.user_attrs["config"]}
+
+
+def logged_model_test_accuracy(client, run_id, tracking_uri, data_dir):
+    """Test accuracy of the model a trial logged (every trial that beat the best so far logged one)."""
+    from mlp_exp import data, tracking
+
+    run = client.get_run(run_id)
+    models = client.search_logged_models([run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}' AND name = 'model'")
+    _, _, X_test, y_test = data.load_cifar10_uint8(data.ensure_cifar10(data_dir, download=False))
+    return tracking.score_model(f"models:/{models[0].model_id}", X_test, y_test,
+                                tracking_uri=tracking_uri)["test_accuracy"]
 
 
 SPREAD_SEED0 = 1000
@@ -205,6 +227,9 @@ def main():
     parser.add_argument("--study-key", help="row key for --study-storage (default: study or study-seedN); "
                                             "keys starting with 'study' are tabled")
     parser.add_argument("--study-label", help="row label for --study-storage")
+    parser.add_argument("--read-at", type=float, help="with --study-storage: report that search as it stood "
+                        "this many seconds after its first trial started (e.g. a longer random search at "
+                        "another study's wall time)")
     parser.add_argument("--spread-seeds", type=int, default=3,
                         help="training seeds per champion configuration for the spread part")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "search_quality.jsonl"))
@@ -228,7 +253,8 @@ def main():
             row = run_grid(args.data_dir)
         elif part == "study" and args.study_storage:
             row = study_row(args.study_label or f"default study, --trials {args.trials} (existing)",
-                            args.study_name, args.study_storage, args.study_tracking_uri, args.study_model_name)
+                            args.study_name, args.study_storage, args.study_tracking_uri, args.study_model_name,
+                            read_at=args.read_at, data_dir=args.data_dir)
         elif part == "study":
             row = run_search(f"default study, --trials {args.trials}, seed {args.study_seed}", "study",
                              ["--trials", str(args.trials), "--seed", str(args.study_seed)], workdir, args.data_dir)
