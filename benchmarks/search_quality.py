@@ -23,7 +23,7 @@ accuracy, champion test accuracy, wall time, trials per hour):
           champion is chosen on 1,000 validation images from a flat top, so
           its one test score is partly luck: this is how much.
 
-    python benchmarks/search_quality.py                       # all three, ~50 min on a quiet 2-core machine
+    python benchmarks/search_quality.py                       # all three, ~85 min on a quiet 2-core machine
     python benchmarks/search_quality.py --parts grid          # one part
     python benchmarks/search_quality.py --parts spread --spread-seeds 3   # after the searches, ~3 min a run
     python benchmarks/search_quality.py --parts study --study-storage sqlite:///studies/optuna.db \\
