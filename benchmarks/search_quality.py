@@ -127,7 +127,8 @@ def logged_model_test_accuracy(client, run_id, tracking_uri, data_dir):
 
     run = client.get_run(run_id)
     models = client.search_logged_models([run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run_id}' AND name = 'model'")
+                                         filter_string=f"source_run_id = '{run_id}' AND "
+                                                       f"name = '{tracking.MODEL_NAME_IN_RUN}'")
     _, _, X_test, y_test = data.load_cifar10_uint8(data.ensure_cifar10(data_dir, download=False))
     return tracking.score_model(f"models:/{models[0].model_id}", X_test, y_test,
                                 tracking_uri=tracking_uri)["test_accuracy"]

@@ -4,9 +4,9 @@ What is optimised: validation accuracy (best epoch) of the NumPy two-layer net,
 over hidden size, learning rate, L2 strength, momentum and learning-rate decay
 (and whatever else SEARCH_SPACE lists). Each trial trains on the study's data,
 reports validation accuracy per epoch to a Hyperband pruner (which lets TPE's
-random start-up trials run in full), and is tracked in MLflow. When the study reaches its target, the best trial is registered as
-`--model-name` and becomes `@champion` if it beats the current one; only then
-is the test set used, once.
+random start-up trials run in full), and is tracked in MLflow. When the study
+reaches its target, the best trial is registered as `--model-name` and becomes
+`@champion` if it beats the current one; only then is the test set used, once.
 
     python -m mlp_exp.search --trials 50          # then: mlflow ui / python -m mlp_exp.evaluate
 
