@@ -223,14 +223,58 @@ def _safe_extract(archive: Path, dest: Path, url: str) -> None:
 
 # ----------------------------------------------------------------- loading
 
+class UnsafePickleError(DataError):
+    """A CIFAR-10 file whose pickle imports something a batch never holds: tampered with, never loaded."""
+
+
+def _latin1_bytes(text, encoding):
+    # Python 3 pickles bytes at protocol 2 as _codecs.encode(str, "latin1"); admit only that call
+    if not (isinstance(text, str) and encoding == "latin1"):
+        raise pickle.UnpicklingError(f"_codecs.encode of {type(text).__name__} with {encoding!r}")
+    return text.encode("latin1")
+
+
+# Unpickling runs whatever callable the file names, and the MD5 check covers only a fresh
+# download, so a file planted in ./data or $MLP_EXP_DATA_DIR could run code. A batch is dicts,
+# lists, bytes, str, numbers and NumPy arrays: everything but the arrays comes from opcodes, so
+# these are all the globals a genuine batch needs (pickletools on the official archive, the
+# replica and the tests' fakes, at protocols 2-5), under both numpy 1 and numpy 2 module names.
+# Object-dtype arrays are no way around it: their elements go through this same table.
+_NP_RECONSTRUCT, _NP_FROMBUFFER = (np.empty(0).__reduce_ex__(p)[0] for p in (2, 5))   # what NumPy pickles with
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,     # the official archive, numpy 1 writers
+    ("numpy._core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _NP_FROMBUFFER,          # protocol 5 (Python 3.14's default)
+    ("numpy._core.numeric", "_frombuffer"): _NP_FROMBUFFER,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_GLOBALS:
+            return _PICKLE_GLOBALS[module, name]
+        shown = one_line(ascii(f"{module}.{name}")[1:-1], limit=100)
+        raise UnsafePickleError(f"CIFAR-10 file {self.path} holds a pickle that imports {shown}, which a CIFAR-10 "
+                                f"batch never does; refusing to load it: {_REBUILD_HINT}")
+
+
 def _load_pickle(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"CIFAR-10 file {path} is missing; {_REBUILD_HINT}")
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, path).load()
     except OSError as err:
         raise DataError(f"cannot read CIFAR-10 file {path}: {one_line(err, limit=None)}") from err
+    except UnsafePickleError:
+        raise
     except Exception as err:    # a corrupt pickle can raise almost anything (EOFError, UnpicklingError, ...)
         raise DataError(f"CIFAR-10 file {path} is truncated or unreadable ({type(err).__name__}); "
                         f"{_REBUILD_HINT}") from err
@@ -297,11 +341,17 @@ def load_CIFAR10(root):
 
 
 def load_label_names(root) -> list[str]:
-    """The 10 class names from batches.meta, or the standard names if it is absent or unreadable."""
+    """The 10 class names from batches.meta, or the standard names if it is absent or unreadable.
+
+    Raises UnsafePickleError (a DataError) if batches.meta was tampered with: the names are
+    cosmetic, but the user must learn that the folder holds a planted pickle.
+    """
     path = _batches_folder(root) / META_FILE
     try:
         names = _load_pickle(path)[b"label_names"]
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except UnsafePickleError:
+        raise
     except (DataError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return list(DEFAULT_LABEL_NAMES)    # names are cosmetic; never fail a study over them
     return names if len(names) == 10 else list(DEFAULT_LABEL_NAMES)

@@ -12,7 +12,10 @@ import http.server
 import io
 import os
 import pickle
+import pickletools
+import shlex
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -379,14 +382,14 @@ def test_truncated_batch_file(fake_folder):
     assert "delete it" in assert_one_line_naming(err, path)
 
 
-def _rewrite_batch(path: Path, **changes):
+def _rewrite_batch(path: Path, protocol: int = 2, **changes):
     batch = pickle.loads(path.read_bytes(), encoding="bytes")
     for key, value in changes.items():
         if value is None:
             del batch[key.encode()]
         else:
             batch[key.encode()] = value
-    path.write_bytes(pickle.dumps(batch, protocol=2))
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
 
 
 @pytest.mark.parametrize("changes", [
@@ -411,6 +414,124 @@ def test_batch_that_is_not_a_dict(fake_folder):
     with pytest.raises(DataError) as err:
         load_cifar10_uint8(folder)
     assert_one_line_naming(err, folder / "data_batch_1")
+
+
+# ------------------------------------------------------ untrusted pickles
+
+class Payload:
+    """Unpickling this runs `touch marker`: what a batch planted in ./data could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+SYSTEM = f"{os.system.__module__}.{os.system.__name__}"     # how pickle names os.system: posix.system
+
+
+def plant(path: Path, marker: Path, key: bytes, protocol: int = 2, as_object_array: bool = False):
+    """Rewrite the pickle at `path` with a Payload under `key`; the batch stays otherwise valid,
+    so an unrestricted load would succeed after running it."""
+    batch = pickle.loads(path.read_bytes(), encoding="bytes")
+    payload = Payload(marker)
+    batch[key] = np.array([payload, b"x"], dtype=object) if as_object_array else payload
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+@pytest.mark.parametrize("as_object_array", [False, True], ids=["object", "in-object-array"])
+def test_malicious_batch_is_refused_without_running_it(fake_folder, tmp_path, protocol, as_object_array):
+    folder, _ = fake_folder
+    marker = tmp_path / "pwned"
+    plant(folder / "data_batch_1", marker, b"batch_label", protocol, as_object_array)
+    with pytest.raises(DataError) as err:
+        load_cifar10_uint8(folder)
+    message = assert_one_line_naming(err, folder / "data_batch_1", f"imports {SYSTEM}", "refusing", "delete it")
+    assert "truncated" not in message
+    assert not marker.exists()
+
+
+def test_malicious_meta_is_refused_without_running_it(fake_folder, tmp_path):
+    # the names are cosmetic and an unreadable meta falls back to the standard ones, but a planted
+    # pickle must not fall back quietly: the user has to learn that the folder was tampered with
+    folder, _ = fake_folder
+    marker = tmp_path / "pwned"
+    plant(folder / "batches.meta", marker, b"num_vis")
+    with pytest.raises(DataError) as err:
+        load_label_names(folder)
+    assert_one_line_naming(err, folder / "batches.meta", f"imports {SYSTEM}")
+    with pytest.raises(DataError):
+        prepare_cifar10(folder, train_size=10, val_size=10, download=False, progress=False)
+    assert not marker.exists()
+
+
+def test_malicious_batch_through_the_cli(tmp_path):
+    from fake_cifar import write_fake_cifar10
+    from stores import TINY, run_search
+    write_fake_cifar10(tmp_path / "data", per_batch=80, num_test=50)
+    marker = tmp_path / "pwned"
+    plant(tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1", marker, b"filenames", protocol=4)
+    result = run_search("--trials", "1", *TINY, cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "data_batch_1" in lines[0] and f"imports {SYSTEM}" in lines[0], lines[0]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_batches_pickled_at_any_python3_protocol_load(fake_folder, protocol):
+    folder, batches = fake_folder
+    for name in BATCH_FILES + ["batches.meta"]:
+        _rewrite_batch(folder / name, protocol=protocol)
+    Xtr, ytr, Xte, yte = load_cifar10_uint8(folder)
+    np.testing.assert_array_equal(Xte, hwc_reference(batches["test_batch"][0]))
+    np.testing.assert_array_equal(yte, batches["test_batch"][1])
+    assert load_label_names(folder) == list(data.DEFAULT_LABEL_NAMES)
+
+
+def py2_cpickle(obj) -> bytes:
+    """`obj` as Python 2's cPickle.dump(obj, f, 2) wrote the official archive: str as BINSTRING,
+    arrays through numpy.core.multiarray._reconstruct (numpy 1's name). Handles what a batch holds."""
+    def put(x) -> bytes:
+        if x is None:
+            return b"N"
+        if x is False:
+            return b"\x89"
+        if isinstance(x, int):
+            return b"K" + bytes([x]) if 0 <= x < 256 else b"J" + struct.pack("<i", x)
+        if isinstance(x, (bytes, str)):
+            raw = x.encode("latin1") if isinstance(x, str) else x
+            return (b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<I", len(raw))) + raw
+        if isinstance(x, tuple):
+            return b"(" + b"".join(map(put, x)) + b"t"
+        if isinstance(x, list):
+            return b"](" + b"".join(map(put, x)) + b"e"
+        if isinstance(x, dict):
+            return b"}(" + b"".join(put(k) + put(v) for k, v in x.items()) + b"u"
+        assert isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.flags.c_contiguous
+        dtype = b"cnumpy\ndtype\n" + put(("u1", 0, 1)) + b"R" + put((3, "|", None, None, None, -1, -1, 0)) + b"b"
+        return (b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n" + put((0,)) + put("b") + b"tR"
+                + b"(" + put(1) + put(x.shape) + dtype + put(False) + put(x.tobytes()) + b"tb")
+    return b"\x80\x02" + put(obj) + b"."
+
+
+def test_batches_in_the_official_python2_format_load(fake_folder):
+    folder, batches = fake_folder
+    for name, (raw, labels) in batches.items():
+        (folder / name).write_bytes(py2_cpickle({"data": raw, "labels": labels, "batch_label": name,
+                                                 "filenames": [f"img_{i}.png" for i in range(len(labels))]}))
+    (folder / "batches.meta").write_bytes(py2_cpickle({"label_names": list(data.DEFAULT_LABEL_NAMES),
+                                                       "num_cases_per_batch": PER_BATCH, "num_vis": 3072}))
+    ops = {op.name: arg for op, arg, _ in pickletools.genops((folder / "test_batch").read_bytes())}
+    assert ops["GLOBAL"] and "STACK_GLOBAL" not in ops and "BINUNICODE" not in ops      # the Python 2 spelling
+    Xtr, ytr, Xte, yte = load_cifar10_uint8(folder)
+    np.testing.assert_array_equal(Xte, hwc_reference(batches["test_batch"][0]))
+    np.testing.assert_array_equal(ytr[:PER_BATCH], batches["data_batch_1"][1])
+    assert load_label_names(folder) == list(data.DEFAULT_LABEL_NAMES)
 
 
 # ---------------------------------------------------------- preprocessing
@@ -609,6 +730,12 @@ def test_real_load_CIFAR10_shapes_and_labels(real_float64):
     assert set(np.unique(Ytr)) == set(range(10)) and set(np.unique(Yte)) == set(range(10))
     assert Xtr.min() >= 0 and Xtr.max() <= 255 and Xtr.max() > 200
     assert len(load_label_names(REAL_FOLDER)) == 10
+
+
+def test_real_replica_passes_the_restricted_unpickler(cifar10_dir):
+    Xtr, ytr, Xte, yte = load_cifar10_uint8(cifar10_dir)       # every batch, through the restricted unpickler
+    assert Xtr.shape == (50000, 32, 32, 3) and Xte.shape == (10000, 32, 32, 3)
+    assert load_label_names(cifar10_dir) == list(data.DEFAULT_LABEL_NAMES)   # a refused meta would raise
 
 
 @needs_real_data
