@@ -58,6 +58,7 @@ sys.path.insert(0, str(REPO))
 from mlp_exp.config import TrainConfig               # noqa: E402
 from mlp_exp.data import load_raw_split              # noqa: E402
 from mlp_exp.kernels import predict_float32          # noqa: E402
+from mlp_exp.study import attrs                       # noqa: E402
 from mlp_exp.trainer import mirror_rows, train        # noqa: E402
 
 SPEC_GRID = [(h, lr, reg) for h in (200, 300, 500, 1000) for lr in (1e-5, 5e-5, 1e-4) for reg in (1.0, 10.0)]
@@ -109,16 +110,16 @@ def study_row(label, study_name, storage, tracking_uri, model_name, read_at=None
     client = mlflow.MlflowClient(tracking_uri)
     if read_at is None:
         champion = client.get_model_version_by_alias(model_name, "champion")
-        best = next(t for t in trials if t.user_attrs.get("mlflow_run_id") == champion.run_id)
+        best = next(t for t in trials if t.user_attrs.get(attrs.MLFLOW_RUN_ID) == champion.run_id)
         test = client.get_run(champion.run_id).data.metrics.get("test_accuracy")
         wall = (max(t.datetime_complete for t in trials) - min(starts)).total_seconds()
     else:
         trials = [t for t in trials if (t.datetime_complete - min(starts)).total_seconds() <= read_at]
         best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
-        test = logged_model_test_accuracy(client, best.user_attrs["mlflow_run_id"], tracking_uri, data_dir)
+        test = logged_model_test_accuracy(client, best.user_attrs[attrs.MLFLOW_RUN_ID], tracking_uri, data_dir)
         wall = read_at
     return {"part": study_name, "method": label, "best_val": best.value, "test": test,
-            "wall_s": wall, "trials": len(trials), "config": best.user_attrs["config"]}
+            "wall_s": wall, "trials": len(trials), "config": best.user_attrs[attrs.CONFIG]}
 
 
 def logged_model_test_accuracy(client, run_id, tracking_uri, data_dir):

@@ -88,11 +88,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mlp_exp import trainer                                            # noqa: E402
+from mlp_exp import diagnosis, trainer                                 # noqa: E402
 from mlp_exp.config import TrainConfig                                 # noqa: E402
-from mlp_exp.data import DEFAULT_LABEL_NAMES, IMAGE_SHAPE, fit_preprocessor, load_cifar10_uint8   # noqa: E402
+from mlp_exp.config import IMAGE_SHAPE                                 # noqa: E402
+from mlp_exp.data import DEFAULT_LABEL_NAMES, load_cifar10_uint8                     # noqa: E402
+from mlp_exp.preprocessing import fit_preprocessor                     # noqa: E402
 from mlp_exp.kernels import gemm                                       # noqa: E402
-from mlp_exp.search import DEFAULT_MAX_EPOCHS                          # noqa: E402
+from mlp_exp.study.settings import default                             # noqa: E402
 
 NUM_TRAIN, NUM_VAL, NUM_CLASSES = 49_000, 1_000, 10
 INPUT_SIZE = int(np.prod(IMAGE_SHAPE))
@@ -113,7 +115,7 @@ class Data:
 
     @functools.cached_property
     def X_train_mirrored(self) -> np.ndarray:
-        """What a study's worker builds once for its flipping trials (search.Objective.mirrored_train)."""
+        """What a study's worker builds once for its flipping trials (study.objective.Objective.mirrored_train)."""
         return trainer.mirror_rows(self.X_train)
 
     def mirrored_for(self, config):
@@ -458,7 +460,7 @@ TRIAL_HYPERPARAMETERS = dict(hidden_size=849, learning_rate=0.0114, reg=6.4e-4, 
 
 
 def trial_config(args, seed) -> TrainConfig:
-    from mlp_exp.search import STUDY_DEFAULTS
+    from mlp_exp.study.space import STUDY_DEFAULTS
     return TrainConfig(**STUDY_DEFAULTS, **TRIAL_HYPERPARAMETERS, num_epochs=args.trial_epochs,
                        train_size=NUM_TRAIN, val_size=NUM_VAL, seed=seed)
 
@@ -472,13 +474,13 @@ def untracked_trial(data, preprocessor, config) -> float:
 
 
 def tracked_trial(data, preprocessor, config, tracker, number) -> dict:
-    """The trial as search.Objective runs it, model logged, waited for until MLflow has it all."""
+    """The trial as study.objective.Objective runs it, model logged, waited for until MLflow has it all."""
     started = time.perf_counter()
     run = tracker.start_trial(number, config)
     result = trainer.train(data.X_train, data.y_train, data.X_val, data.y_val, config,
                            callbacks=[run.log_epoch], preprocessor=preprocessor,
                            X_train_mirrored=data.mirrored_for(config))
-    run.log_result(result)
+    run.log_result(result, diagnosis.as_tags(diagnosis.diagnose(*result.curves())))
     run.log_model(result.best_params, preprocessor, config, list(DEFAULT_LABEL_NAMES))
     run.end("FINISHED", wait=True)
     wall = time.perf_counter() - started
@@ -610,7 +612,7 @@ def parse_args(argv=None):
                         help="add one labelled line: part 1 re-run in a subprocess with OPENBLAS_* unset")
     parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     parser.add_argument("--json", help="also write part 1's figures to this file")
-    parser.add_argument("--trial-epochs", type=int, default=DEFAULT_MAX_EPOCHS,
+    parser.add_argument("--trial-epochs", type=int, default=default("max_epochs"),
                         help="part 2: epochs of the measured trial (default: the study's --max-epochs)")
     parser.add_argument("--trial-repeats", type=int, default=3, help="part 2: tracked/untracked pairs")
     parser.add_argument("--memory-trials", type=int, nargs="+", default=[2, 6],

@@ -2,7 +2,8 @@
 
 The spec notebook's API is importable from here, so its cells run with only
 their import lines changed. Importing the package loads NumPy and nothing
-heavier: Optuna and MLflow are imported only by the modules that use them.
+heavier: Optuna is imported only by mlp_exp.study, MLflow only by mlp_exp.tracking
+(and there on first use).
 """
 from .gradient_check import eval_numerical_gradient, rel_error
 from .spec_api import ClassifierTrainer, init_two_layer_model, two_layer_net

@@ -1,23 +1,24 @@
-"""What every command-line entry point shares: one-line errors and honest exit codes.
+"""What every command shares: one-line errors, honest exit codes, and argument types.
 
-A `UserError` (bad flag, missing data, unreachable store) is printed as one
-line, `error: ...`, with exit code 2 and no traceback. Ctrl-C exits 130 and
-SIGTERM 143, after the command has closed what it had open.
+`run(main)` calls a command's `main(argv)`: a `UserError` (bad flag, missing
+data, unreachable store) is printed as one line, `error: ...`, with exit code
+2 and no traceback; Ctrl-C exits 130 and SIGTERM 143, after the command has
+closed what it had open. Every command parses with `ArgumentParser`, whose
+usage errors are one line too.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
+import textwrap
 
-from .errors import UserError
+from .errors import UserError, one_line
+from .interrupts import Terminated
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so the same cleanup runs (Optuna marks the trial failed, too)."""
 
 
 def _raise_terminated(signum, frame):
@@ -31,7 +32,7 @@ def run(main, argv=None) -> int:
     try:
         return main(argv) or 0
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err, None)}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated:
         return EXIT_TERMINATED
@@ -41,9 +42,39 @@ def run(main, argv=None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    def _split_lines(self, text, width):
+        # keep URIs and folder names such as models:/mlp-cifar10@champion on one line
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is a one-line `error: ...` with exit code 2 like every other."""
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
+        print(f"error: {one_line(message, None)} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value

@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-UPDATE_RULES = ("sgd", "momentum", "rmsprop")
-PREPROCESSINGS = ("mean_image", "standardize")
+from .optim import UPDATE_RULES
+
+PREPROCESSINGS = ("mean_image", "standardize")   # data.fit_preprocessor's modes
+IMAGE_SHAPE = (32, 32, 3)   # HWC: how a flattened CIFAR-10 row is laid out (flips, weight grids)
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class TrainConfig:
     reg: float = 1.0
     momentum: float = 0.9
     lr_decay: float = 0.95          # learning rate is multiplied by this after each epoch
-    update: str = "momentum"        # one of UPDATE_RULES
+    update: str = "momentum"        # one of optim.UPDATE_RULES
     batch_size: int = 100
     num_epochs: int = 5
     init_std: float = 6e-3          # std of the initial weights; the spec's first cost (8.13) implies ~6e-3

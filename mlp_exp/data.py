@@ -1,13 +1,14 @@
-"""CIFAR-10: find or download it, load it, split it and preprocess it.
+"""CIFAR-10: find or download it, load it and split it.
 
 Three layers, each usable alone:
 
 - `ensure_cifar10` finds the official `cifar-10-batches-py` folder, or
-  downloads, verifies and safely extracts the archive when it is missing.
+  downloads, verifies and safely extracts the archive (cifar_archive) when it
+  is missing.
 - `load_cifar10_uint8` reads the batches as uint8 images (N, 32, 32, 3);
   `load_CIFAR10` is the spec notebook's float64 API built on top of it.
-- `fit_preprocessor` / `Preprocessor.apply` are pure NumPy, and
-  `prepare_cifar10` glues everything into the spec's train/val/test split.
+- `prepare_cifar10` and `load_raw_split` glue these and the preprocessing
+  (preprocessing.fit_preprocessor) into the spec's train/val/test split.
 
 The product only ever holds uint8 images and float32 design matrices: 50k
 float64 images are 1.2 GB, and a study keeps its data for its whole life.
@@ -16,27 +17,21 @@ raises `DataError` with a one-line message naming the path or URL.
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 import pickle
 import shutil
-import sys
-import tarfile
 import tempfile
-import urllib.error
-import urllib.request
-import zlib
 from dataclasses import dataclass
-from http.client import HTTPException
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
+from . import cifar_archive
+from .cifar_archive import CIFAR10_MD5, CIFAR10_URL, DOWNLOAD_TIMEOUT_S
+from .config import IMAGE_SHAPE, PREPROCESSINGS
 from .errors import DataError, UserError, one_line
+from .preprocessing import Preprocessor, as_rows, fit_preprocessor
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 DATA_DIR_ENV = "MLP_EXP_DATA_DIR"
 DEFAULT_DATA_DIR = Path("data")             # relative to the current directory
 BATCHES_FOLDER = "cifar-10-batches-py"
@@ -44,14 +39,10 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META_FILE = "batches.meta"
 NUM_TRAIN, NUM_TEST = 50000, 10000
-IMAGE_SHAPE = (32, 32, 3)                   # HWC, as load_CIFAR10 returns it
 DEFAULT_LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                        "dog", "frog", "horse", "ship", "truck")
-PREPROCESSING_MODES = ("mean_image", "standardize")
-DOWNLOAD_TIMEOUT_S = 60.0                   # per blocking socket operation, not for the whole file
 
 _REBUILD_HINT = "delete it and re-run to download again, or rebuild the replica"
-_CHUNK_ROWS = 4096                          # rows converted to float at a time
 
 
 # ---------------------------------------------------------------- locating
@@ -115,13 +106,13 @@ def ensure_cifar10(data_dir=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10
         fd, name = tempfile.mkstemp(dir=data_dir, prefix=".cifar-10-python.", suffix=".tar.gz.part")
         archive = Path(name)
         with os.fdopen(fd, "wb") as out:
-            digest = _download(url, out, progress=progress, timeout=timeout)
+            digest = cifar_archive.download(url, out, progress=progress, timeout=timeout)
         if md5 is not None and digest != md5.lower():
             raise DataError(f"checksum mismatch for {url} (got md5 {digest}, expected {md5}): the download "
                             f"is corrupt; nothing was extracted; re-run to retry, or download the archive by "
                             f"hand and extract it into {data_dir}")
         extract_dir = Path(tempfile.mkdtemp(dir=data_dir, prefix=".cifar-10-extract-"))
-        _safe_extract(archive, extract_dir, url)
+        cifar_archive.safe_extract(archive, extract_dir, url)
         extracted = extract_dir / BATCHES_FOLDER
         missing = _missing_files(extracted) if extracted.is_dir() else [f"{BATCHES_FOLDER}/"]
         if missing:
@@ -150,75 +141,6 @@ def ensure_cifar10(data_dir=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10
                 except OSError:
                     break
     return folder
-
-
-def _download(url: str, out, *, progress: bool, timeout: float) -> str:
-    """Stream `url` into the binary file `out`; return the MD5 hex digest of what was received."""
-    from tqdm import tqdm   # only needed when a download actually happens
-
-    hint = (f"pass --data-dir or set {DATA_DIR_ENV} to a folder containing {BATCHES_FOLDER}/, "
-            f"or download {CIFAR10_URL} by hand and extract it there")
-    digest = hashlib.md5()
-    received = 0
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            expected = int(length) if length and length.isdigit() else None
-            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                      disable=not progress, desc="cifar-10-python.tar.gz", leave=False) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-    except urllib.error.HTTPError as err:
-        what = "not found (HTTP 404)" if err.code == 404 else f"failed with HTTP {err.code} {err.reason}"
-        raise DataError(f"download of {url} {what}; {hint}") from err
-    except urllib.error.URLError as err:
-        raise DataError(f"cannot reach {url} ({one_line(err.reason, limit=None)}); offline? {hint}") from err
-    except TimeoutError as err:
-        raise DataError(f"download of {url} timed out after {timeout:g}s without data; {hint}") from err
-    except (HTTPException, ConnectionError) as err:
-        raise DataError(f"download of {url} was cut off after {received} bytes "
-                        f"({type(err).__name__}); re-run to retry, or {hint}") from err
-    # urllib returns a short body silently when the server closes early
-    if expected is not None and received != expected:
-        raise DataError(f"download of {url} is truncated ({received} of {expected} bytes); "
-                        f"re-run to retry, or {hint}")
-    return digest.hexdigest()
-
-
-def _safe_extract(archive: Path, dest: Path, url: str) -> None:
-    """Extract regular files and folders of `archive` into `dest`, refusing anything that could escape it.
-
-    Absolute names, `..`, links, devices and anything resolving outside `dest`
-    are rejected (path traversal). Files are written by hand, so tar metadata
-    (owners, modes, times) is never applied.
-    """
-    root = os.path.realpath(dest)
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                name = PurePosixPath(member.name)
-                target = os.path.realpath(os.path.join(root, member.name))
-                unsafe = (name.is_absolute() or ".." in name.parts
-                          or not (member.isfile() or member.isdir())
-                          or not (target == root or target.startswith(root + os.sep)))
-                if unsafe:
-                    raise DataError(f"archive from {url} holds an unsafe member {member.name!r} "
-                                    f"(absolute path, '..', link or device); refusing to extract it")
-                if member.isdir():
-                    os.makedirs(target, exist_ok=True)
-                    continue
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise DataError(f"archive from {url} is truncated or not a valid .tar.gz ({one_line(err, limit=None)}); "
-                        f"re-run to download again") from err
-    except gzip.BadGzipFile as err:     # an OSError, but corruption rather than a write failure
-        raise DataError(f"archive from {url} is not a valid gzip file ({one_line(err, limit=None)}); "
-                        f"re-run to download again") from err
 
 
 # ----------------------------------------------------------------- loading
@@ -357,130 +279,22 @@ def load_label_names(root) -> list[str]:
     return names if len(names) == 10 else list(DEFAULT_LABEL_NAMES)
 
 
-# ----------------------------------------------------------- preprocessing
-
-def _as_rows(X: np.ndarray) -> np.ndarray:
-    """(N, 32, 32, 3) or (N, D) -> (N, D) without copying: row-major, as the spec's X.reshape(N, -1)."""
-    X = np.asarray(X)
-    return X.reshape(X.shape[0], -1)
-
-
-@dataclass(frozen=True, eq=False)
-class Preprocessor:
-    """x -> (x - mean) / scale per pixel, fitted on training images only.
-
-    - mean: float32 (D,)
-    - scale: float32 (D,), all ones for "mean_image"
-    Both are read-only; save them with `to_arrays` (e.g. beside model weights).
-    """
-    mean: np.ndarray
-    scale: np.ndarray
-
-    def __post_init__(self):
-        mean = np.array(self.mean, dtype=np.float32).reshape(-1)
-        scale = np.array(self.scale, dtype=np.float32).reshape(-1)
-        if mean.shape != scale.shape:
-            raise ValueError(f"mean and scale must have the same size, got {mean.size} and {scale.size}")
-        if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
-            raise ValueError("scale must be finite and > 0 everywhere")
-        mean.setflags(write=False)
-        scale.setflags(write=False)
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "scale", scale)
-
-    def apply(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """X: (N, 32, 32, 3) or (N, D), any numeric dtype -> float32 (N, D).
-
-        Works `_CHUNK_ROWS` rows at a time, so a uint8 input never becomes a
-        full float64 (or even a second float32) array. `out`, a float32 (N, D)
-        buffer, lets the trainer preprocess each minibatch without allocating.
-        """
-        rows = _as_rows(X)
-        if rows.shape[1] != self.mean.size:
-            raise ValueError(f"X has {rows.shape[1]} values per image, the preprocessor expects {self.mean.size}")
-        if out is None:
-            out = np.empty(rows.shape, dtype=np.float32)
-        for start in range(0, rows.shape[0], _CHUNK_ROWS):
-            block = out[start:start + _CHUNK_ROWS]
-            # cast first, then float32-only ufuncs: the same numbers as subtract(..., dtype=float32),
-            # which casts its inputs the same way, but without the mixed-dtype ufunc's buffered
-            # casting loop, which takes most of the time in the trainer's per-batch preprocessing
-            block[...] = rows[start:start + _CHUNK_ROWS]
-            np.subtract(block, self.mean, out=block)
-            np.divide(block, self.scale, out=block)
-        return out
-
-    def to_arrays(self) -> dict:
-        return {"mean": self.mean, "scale": self.scale}
-
-    @classmethod
-    def from_arrays(cls, arrays) -> "Preprocessor":
-        return cls(mean=arrays["mean"], scale=arrays["scale"])
-
-
-def _pixel_mean(rows: np.ndarray) -> np.ndarray:
-    """rows (N, D) -> float64 (D,), summed chunk by chunk so no float64 copy of `rows` exists."""
-    total = np.zeros(rows.shape[1])
-    for start in range(0, rows.shape[0], _CHUNK_ROWS):
-        total += rows[start:start + _CHUNK_ROWS].sum(axis=0, dtype=np.float64)
-    return total / rows.shape[0]
-
-
-def _pixel_var(rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """rows (N, D), mean (D,) -> float64 (D,); centred second pass, which is exact where E[x^2] - m^2 is not."""
-    squares = np.zeros(rows.shape[1])
-    for start in range(0, rows.shape[0], _CHUNK_ROWS):
-        centred = rows[start:start + _CHUNK_ROWS].astype(np.float64) - mean
-        squares += np.einsum("nd,nd->d", centred, centred)
-    return squares / rows.shape[0]
-
-
-def fit_preprocessor(X_train: np.ndarray, mode: str = "mean_image") -> Preprocessor:
-    """Fit per-pixel statistics on training images.
-
-    Inputs:
-    - X_train: (N, 32, 32, 3) images (or (N, 3072) rows of such images), any numeric dtype
-    - mode: "mean_image" (the spec: subtract the mean image, scale 1) or
-      "standardize" (subtract the mean, divide by the std, both mirror-symmetric)
-    Returns a Preprocessor with mean and scale of shape (D,).
-    """
-    if mode not in PREPROCESSING_MODES:
-        raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {mode!r}")
-    rows = _as_rows(X_train)
-    if rows.shape[0] == 0:
-        raise ValueError("cannot fit a preprocessor on zero images")
-    mean = _pixel_mean(rows)
-    if mode == "mean_image":
-        return Preprocessor(mean=mean, scale=np.ones_like(mean))
-    var = _pixel_var(rows, mean)
-    if rows.shape[1] != int(np.prod(IMAGE_SHAPE)):
-        raise ValueError(f"standardize needs {IMAGE_SHAPE} images to mirror them, got {rows.shape[1]} values")
-    # Training may flip images left-right, so the net sees the training set and
-    # its mirror image equally often. Use the statistics of that union: a
-    # flipped and an unflipped image are then normalised the same way, and the
-    # union's pixels are exactly zero-mean/unit-variance. Pooled over a pixel
-    # and its mirror, mean = (m + m') / 2 and var = (v + v') / 2 + ((m - m') / 2)^2.
-    m, v = mean.reshape(IMAGE_SHAPE), var.reshape(IMAGE_SHAPE)
-    m_mirror, v_mirror = m[:, ::-1, :], v[:, ::-1, :]
-    sym_mean = (m + m_mirror) / 2
-    sym_var = (v + v_mirror) / 2 + ((m - m_mirror) / 2) ** 2
-    std = np.sqrt(sym_var).reshape(-1)
-    # a pixel that is (nearly) constant in training would otherwise divide by ~0
-    floor = max(1e-3 * float(std.mean()), 1e-6)
-    return Preprocessor(mean=sym_mean.reshape(-1), scale=np.maximum(std, floor))
-
-
 # --------------------------------------------------------------- splitting
 
 @dataclass
-class Dataset:
-    """The spec's split, preprocessed: X_* float32 (N, 3072), y_* int64 (N,)."""
+class _Split:
+    """Train, validation and test images (rows) and their int64 labels."""
     X_train: np.ndarray
     y_train: np.ndarray
     X_val: np.ndarray
     y_val: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+
+
+@dataclass
+class Dataset(_Split):
+    """The spec's split, preprocessed: X_* float32 (N, 3072), y_* int64 (N,)."""
     preprocessor: Preprocessor
     label_names: list
 
@@ -507,8 +321,8 @@ def prepare_cifar10(data_dir=None, *, train_size=49000, val_size=1000, test_size
     preprocessor is fitted on the training part only. Peak memory is the uint8
     images plus the float32 outputs (about 0.9 GB for the full split).
     """
-    if preprocessing not in PREPROCESSING_MODES:
-        raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {preprocessing!r}")
+    if preprocessing not in PREPROCESSINGS:
+        raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {preprocessing!r}")
     raw = load_raw_split(data_dir, train_size=train_size, val_size=val_size, test_size=test_size,
                          preprocessings=(preprocessing,), download=download, progress=progress)
     preprocessor = raw.preprocessors[preprocessing]
@@ -521,32 +335,26 @@ def prepare_cifar10(data_dir=None, *, train_size=49000, val_size=1000, test_size
 
 
 @dataclass
-class RawSplit:
+class RawSplit(_Split):
     """The spec's split as raw pixels, for a study: X_* uint8 (N, 3072) rows, y_* int64.
 
     A study keeps this one uint8 copy (a quarter of float32) and a fitted
     Preprocessor per mode; each trial preprocesses its minibatches as it
     draws them, so trials may differ in preprocessing at no memory cost.
     """
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
     preprocessors: dict        # mode -> Preprocessor fitted on X_train
     label_names: list
 
 
 def load_raw_split(data_dir=None, *, train_size=49000, val_size=1000, test_size=None,
-                   preprocessings=PREPROCESSING_MODES, download=True, progress=True) -> RawSplit:
+                   preprocessings=PREPROCESSINGS, download=True, progress=True) -> RawSplit:
     """Load CIFAR-10 once, split it as `prepare_cifar10` does, keep it uint8, fit preprocessors."""
     _check_split_sizes(train_size, val_size, test_size, NUM_TRAIN, NUM_TEST)   # fail before downloading
     folder = ensure_cifar10(data_dir, download=download, progress=progress)
     Xtr, ytr, Xte, yte = load_cifar10_uint8(folder)
     _check_split_sizes(train_size, val_size, test_size, len(Xtr), len(Xte))
     test_size = len(Xte) if test_size is None else test_size
-    rows_train, rows_test = _as_rows(Xtr), _as_rows(Xte)          # views: the arrays are contiguous
+    rows_train, rows_test = as_rows(Xtr), as_rows(Xte)          # views: the arrays are contiguous
     train, val = slice(0, train_size), slice(train_size, train_size + val_size)
     return RawSplit(
         X_train=rows_train[train], y_train=ytr[train], X_val=rows_train[val], y_val=ytr[val],

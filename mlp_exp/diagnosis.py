@@ -150,7 +150,7 @@ def as_tags(findings: Sequence[Finding]) -> dict:
 def range_position(value: float, spec: tuple) -> float | None:
     """Where `value` lies in a search-space range, 0 (low end) .. 1 (high end); log ranges in log space.
 
-    `spec` is a search.SEARCH_SPACE entry: (kind, low, high) or ("categorical", choices),
+    `spec` is a study.space.SEARCH_SPACE entry: (kind, low, high) or ("categorical", choices),
     for which the answer is None.
     """
     kind = spec[0]

@@ -20,3 +20,10 @@ def one_line(text, limit: int | None = 500) -> str:
     than `limit` characters (None: no limit), cut and ended with "..."."""
     line = " ".join(str(text).split())
     return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of the error at the root of `err`: SQLAlchemy wraps the driver's error (.orig)
+    and appends SQL and a help link on later lines, which a one-line message leaves out."""
+    root = getattr(err, "orig", None) or err.__cause__ or err
+    return one_line(str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__)

@@ -19,15 +19,15 @@ What makes it fast:
   called through ctypes (see "BLAS backends" below). Two OpenBLAS copies in
   one process (NumPy's and SciPy's each bundle one, each with its own thread
   pool) make the pools' spinning threads fight for the two cores when calls
-  alternate between them (measured: 13x slower at hidden 100);
+  alternate between them (README: Performance);
 - the rest of the update is three passes over the big arrays, all BLAS
   (threaded like the GEMMs): one sdot for the L2 penalty of [W1, W2], one
   saxpy for their decay, one saxpy adding the velocity to every parameter.
   Parameters, velocity and small gradients share one flat [W1, W2, b1, b2]
   layout to make that possible. (srotm could do decay and step in one pass
-  but is unvectorised in OpenBLAS: ~25x slower than two saxpys.)
+  but is unvectorised in OpenBLAS: slower than two saxpys.)
 - the softmax works on the (B, C) scores with flat indices, few NumPy calls:
-  at hidden 100 a step is ~1.4 ms, so every call's microseconds count.
+  at small hidden sizes a step is short, so every call's overhead counts.
 
 `FusedStep` keeps only parameters and optimiser state; it never allocates per
 step beyond tiny (B,)-sized temporaries, prints nothing and draws no random
@@ -41,7 +41,8 @@ import os
 
 import numpy as np
 
-PARAM_NAMES = ("W1", "b1", "W2", "b2")
+from .net import PARAM_NAMES
+from .optim import UPDATE_RULES
 
 
 # ------------------------------------------------------------ BLAS backends
@@ -50,8 +51,7 @@ PARAM_NAMES = ("W1", "b1", "W2", "b2")
 # NumPy's wheel bundles an OpenBLAS that NumPy itself uses (for matmul in net.py, say) but
 # does not expose to Python; SciPy's wheel bundles another, older one that scipy.linalg.blas
 # does expose. Calling NumPy's copy through ctypes keeps the whole process on one BLAS
-# thread pool, and its sgemm is the newer and faster one (OpenBLAS 0.3.31 vs 0.3.30 here:
-# the GEMM-only bound of benchmarks/train_speed.py rose 2-4%). Where NumPy does not
+# thread pool, and its sgemm is the newer one (README: Performance). Where NumPy does not
 # bundle it (conda/MKL, distro builds), SciPy's BLAS does the same calls.
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -207,8 +207,8 @@ class FusedStep:
     """
 
     def __init__(self, params, update, reg, momentum=0.0, rmsprop_decay=0.99, rmsprop_eps=1e-8):
-        if update not in ("sgd", "momentum", "rmsprop"):
-            raise ValueError(f"update must be sgd, momentum or rmsprop, got {update!r}")
+        if update not in UPDATE_RULES:
+            raise ValueError(f"update must be one of {', '.join(UPDATE_RULES)}, got {update!r}")
         D, H = np.shape(params["W1"])
         C = np.shape(params["W2"])[1]
         shapes = {"W1": (D, H), "W2": (H, C), "b1": (H,), "b2": (C,)}

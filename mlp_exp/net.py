@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+PARAM_NAMES = ("W1", "b1", "W2", "b2")    # the keys of every params dict
+
 
 def affine_forward(x, w, b):
     """x (N, D), w (D, M), b (M,) -> out (N, M), cache."""

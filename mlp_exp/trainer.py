@@ -18,14 +18,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import IMAGE_SHAPE, TrainConfig
 from .kernels import FusedStep, predict_float32
 from .net import init_params
 
 # Train accuracy is measured on a fixed random sample of this many training
 # images, as the spec did: the full set would cost a third of an epoch.
 TRAIN_ACCURACY_SAMPLE = 1000
-IMAGE_SHAPE = (32, 32, 3)   # how a flattened row is laid out, for flips
 
 
 class StopTraining(Exception):
@@ -57,6 +56,13 @@ class TrainResult:
     def diverged(self) -> bool:
         return self.stop_reason == "diverged"
 
+    def curves(self) -> tuple[np.ndarray, list, list]:
+        """(loss per iteration, train accuracy per epoch, val accuracy per epoch), epochs that
+        ended in a non-finite loss left out: what diagnosis.diagnose and vis.render_training_curves read."""
+        finished = [e for e in self.epochs if np.isfinite(e.val_accuracy)]
+        return (np.asarray(self.loss_history), [e.train_accuracy for e in finished],
+                [e.val_accuracy for e in finished])
+
 
 Callback = Callable[[EpochStats], None]
 
@@ -71,10 +77,9 @@ def mirror_rows(X, image_shape=IMAGE_SHAPE, chunk_rows=1024):
     """A copy of X (N, D) with every image mirrored left-right: what `train` flips from.
 
     Mirroring a (B, H, W, C) selection in place moves 3-value pixels one
-    NumPy inner loop at a time: about 0.47 ms for the ~100 flipped rows of a
-    batch of 200, more than a hidden-100 step's non-GEMM work. A study builds
-    this copy once (a uint8 training set: 150 MB, 0.1 s) and every trial
-    gathers its flipped rows from it instead.
+    NumPy inner loop at a time, which costs more than a small net's non-GEMM
+    work per step. A study builds this copy once (the size of the uint8
+    training set) and every trial gathers its flipped rows from it instead.
     """
     rows = np.asarray(X)
     if rows.ndim != 2 or rows.shape[1] != int(np.prod(image_shape)):

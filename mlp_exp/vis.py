@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-IMAGE_SHAPE = (32, 32, 3)
+from .config import IMAGE_SHAPE
 
 
 def visualize_grid(Xs, ubound=255.0, padding=1):

@@ -20,19 +20,22 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pg import free_port
+from helpers import cli_env, free_port, run_cli
+from mlp_exp.study import attrs
 
-REPO = Path(__file__).resolve().parent.parent
 STUDY = "cifar10-mlp"
 TINY = ("--train-size", "200", "--val-size", "50", "--test-size", "50", "--max-epochs", "2",
         "--fixed", "hidden_size=8", "--data-dir", "data", "--quiet")
 RUN_STATUS = {"COMPLETE": {"FINISHED"}, "PRUNED": {"KILLED"}, "FAIL": {"FAILED", "KILLED"}}
 
 
-def cli_env(**extra) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+def tiny_settings(root, **overrides):
+    """StudySettings of a TINY study whose stores and data (write_fake_cifar10) are under `root`."""
+    from mlp_exp.study import StudySettings
+    values = dict(storage=f"sqlite:///{root}/studies/optuna.db", tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db",
+                  data_dir=str(Path(root) / "data"), train_size=200, val_size=50, test_size=50,
+                  fixed={"hidden_size": 8}, quiet=True)
+    return StudySettings(**{**values, **overrides})
 
 
 def search_cmd(*args) -> list[str]:
@@ -40,14 +43,7 @@ def search_cmd(*args) -> list[str]:
 
 
 def run_search(*args, cwd, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(search_cmd(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def run_cli(module, *args, cwd, timeout=600) -> subprocess.CompletedProcess:
-    """`python -m module args` in cwd with the repo importable and no ambient tracking URI."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return run_cli("mlp_exp.search", *args, cwd=cwd, timeout=timeout)
 
 
 def start_search(*args, cwd, log_name="worker") -> subprocess.Popen:
@@ -110,7 +106,7 @@ def running_trial_with_epochs(storage: str, min_epochs=1, min_number=1, study: s
         _polled.pop((storage, study), None)
         return None
     for t in running:
-        if t.number >= min_number and "mlflow_run_id" in t.user_attrs \
+        if t.number >= min_number and attrs.MLFLOW_RUN_ID in t.user_attrs \
                 and min_epochs <= len(t.intermediate_values) <= (max_epochs or math.inf):
             return t
     return None
@@ -141,21 +137,21 @@ def account(storage: str, tracking_uri: str, target: int, study: str = STUDY) ->
     assert not still_running, f"runs left RUNNING: trials {still_running}"
     for t in trials:
         run = runs_by_trial.get(t.number, [None])[0]
-        trained = "mlflow_run_id" in t.user_attrs
+        trained = attrs.MLFLOW_RUN_ID in t.user_attrs
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             assert trained and run is not None, f"finished trial {t.number} has no run"
         if trained:
-            assert run is not None and run.info.run_id == t.user_attrs["mlflow_run_id"], \
-                f"trial {t.number}: user attr names run {t.user_attrs['mlflow_run_id']}, found {run}"
+            assert run is not None and run.info.run_id == t.user_attrs[attrs.MLFLOW_RUN_ID], \
+                f"trial {t.number}: user attr names run {t.user_attrs[attrs.MLFLOW_RUN_ID]}, found {run}"
         if run is not None:
             assert run.info.status in RUN_STATUS[t.state.name], \
                 f"trial {t.number} is {t.state.name} but its run is {run.info.status}"
-        if t.user_attrs.get("surplus"):
+        if t.user_attrs.get(attrs.SURPLUS):
             assert run is None and t.state == TrialState.FAIL
-    retries = [t for t in trials if "retry_of" in t.user_attrs]
+    retries = [t for t in trials if attrs.RETRY_OF in t.user_attrs]
     return {"trials": len(trials), "states": dict(states), "runs": len(runs),
             "failed": states["FAIL"], "retries": len(retries),
-            "surplus": sum(1 for t in trials if t.user_attrs.get("surplus")),
+            "surplus": sum(1 for t in trials if t.user_attrs.get(attrs.SURPLUS)),
             "run_statuses": dict(collections.Counter(r.info.status for r in runs))}
 
 

@@ -4,17 +4,15 @@ A small study (run with --no-finalize, so no champion exists yet) sits in a fold
 the real CLI against it and compares a snapshot of everything stored before and after: the Optuna
 trials, the MLflow experiments, runs, registered models, and the files in the folder.
 """
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fake_cifar import write_fake_cifar10
-from pg import free_port
-from stores import TINY, cli_env, load_study, run_search
+from helpers import free_port, run_cli
+from stores import TINY, load_study, run_search
+from mlp_exp.study import attrs
 
 TRACKING = "sqlite:///mlruns/mlflow.db"
 SEARCH = ("--trials", "3", *TINY)      # one more trial than the study has: a run that got through would add it
@@ -54,11 +52,6 @@ def snapshot(root: Path) -> dict:
             "runs": sorted((r.info.run_id, r.info.status, r.info.end_time, sorted(r.data.tags.items()),
                             sorted(r.data.params.items()), sorted(r.data.metrics.items())) for r in runs),
             "models": models, "files": files}
-
-
-def run_module(module, *args, cwd):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=300)
 
 
 def assert_one_line_error(result, *expected):
@@ -101,7 +94,7 @@ SEARCH_CASES = {
 def test_search_rejects_bad_input_and_stores_nothing(study_dir, case):
     args, *expected = SEARCH_CASES[case]
     before = snapshot(study_dir)
-    line = assert_one_line_error(run_module("mlp_exp.search", *SEARCH, *args, cwd=study_dir), *expected)
+    line = assert_one_line_error(run_cli("mlp_exp.search", *SEARCH, *args, cwd=study_dir), *expected)
     assert "secret" not in line                     # a password never reaches the terminal
     assert snapshot(study_dir) == before
 
@@ -122,7 +115,7 @@ EVALUATE_CASES = {
 def test_evaluate_rejects_missing_models_and_stores_nothing(study_dir, case):
     args, expected = EVALUATE_CASES[case]
     before = snapshot(study_dir)
-    result = run_module("mlp_exp.evaluate", "--data-dir", "data", "--tracking-uri", TRACKING, *args,
+    result = run_cli("mlp_exp.evaluate", "--data-dir", "data", "--tracking-uri", TRACKING, *args,
                         cwd=study_dir)
     assert assert_one_line_error(result).startswith(expected)
     assert snapshot(study_dir) == before
@@ -134,8 +127,8 @@ def test_input_of_the_wrong_width_is_one_clear_error(study_dir):
     from mlp_exp.errors import UserError
 
     with_model = [t for t in load_study(f"sqlite:///{study_dir}/studies/optuna.db").get_trials()
-                  if t.user_attrs.get("has_model")]
-    uri = f"runs:/{with_model[0].user_attrs['mlflow_run_id']}/model"
+                  if t.user_attrs.get(attrs.HAS_MODEL)]
+    uri = f"runs:/{with_model[0].user_attrs[attrs.MLFLOW_RUN_ID]}/model"
     model = tracking.load_model(uri, f"sqlite:///{study_dir}/mlruns/mlflow.db")
     before = snapshot(study_dir)
     with pytest.raises(UserError, match=r"^input has 100 values per image, model runs:/\w+/model expects 3072"):

@@ -14,7 +14,6 @@ import os
 import pickle
 import pickletools
 import shlex
-import socket
 import struct
 import subprocess
 import sys
@@ -25,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlp_exp import data
-from mlp_exp.data import (DataError, Preprocessor, ensure_cifar10, fit_preprocessor, load_CIFAR10,
-                          load_cifar10_uint8, load_label_names, prepare_cifar10, resolve_data_dir)
+from helpers import cli_env, free_port
+from mlp_exp import data, preprocessing
+from mlp_exp.data import (DataError, ensure_cifar10, load_CIFAR10, load_cifar10_uint8, load_label_names,
+                          prepare_cifar10, resolve_data_dir)
 from mlp_exp.errors import UserError
+from mlp_exp.preprocessing import Preprocessor, fit_preprocessor
 
 PER_BATCH = 20
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -147,11 +148,7 @@ def server():
 
 
 def closed_port_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()    # nothing listens there now: connection refused
-    return f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
+    return f"http://127.0.0.1:{free_port()}/cifar-10-python.tar.gz"     # nothing listens: connection refused
 
 
 # --------------------------------------------------------------- locating
@@ -543,7 +540,7 @@ def images() -> np.ndarray:
 
 @pytest.fixture(autouse=False)
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(data, "_CHUNK_ROWS", 7)     # 50 rows -> several chunks and a ragged last one
+    monkeypatch.setattr(preprocessing, "_CHUNK_ROWS", 7)     # 50 rows -> several chunks and a ragged last one
 
 
 def test_mean_image_matches_numpy_reference(images, small_chunks):
@@ -624,7 +621,7 @@ def test_preprocessor_round_trip_and_immutability(images):
 def test_preprocessor_apply_is_exactly_the_float32_formula(images, dtype, monkeypatch):
     """apply casts, then subtracts and divides in float32: bit for bit (x - mean) / scale in float32,
     for every input dtype, across chunk boundaries, and into a caller's buffer (the trainer's path)."""
-    monkeypatch.setattr(data, "_CHUNK_ROWS", 7)           # several chunks and a ragged last one
+    monkeypatch.setattr(preprocessing, "_CHUNK_ROWS", 7)           # several chunks and a ragged last one
     pre = fit_preprocessor(images, "standardize")
     X = images.reshape(len(images), -1).astype(dtype)
     expected = (X.astype(np.float32) - pre.mean) / pre.scale
@@ -689,8 +686,8 @@ def test_prepare_rejects_unknown_preprocessing(fake_folder):
 
 def test_import_does_not_touch_disk_or_network(tmp_path):
     # a fresh interpreter in an empty directory: importing must not create ./data or anything else
-    env = {k: v for k, v in os.environ.items() if k != data.DATA_DIR_ENV}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env = cli_env()
+    env.pop(data.DATA_DIR_ENV, None)
     subprocess.run([sys.executable, "-c", "import mlp_exp.data"], cwd=tmp_path, env=env, check=True)
     assert entries(tmp_path) == []
 
@@ -703,9 +700,10 @@ def _real_batches_folder() -> Path | None:
         candidates.append(Path(os.environ[data.DATA_DIR_ENV]))
     candidates.append(Path(__file__).resolve().parent.parent / "data")
     for candidate in candidates:
-        folder = data._batches_folder(candidate)
-        if all((folder / name).is_file() for name in BATCH_FILES):
-            return folder
+        try:
+            return ensure_cifar10(candidate, download=False)
+        except DataError:
+            continue
     return None
 
 

@@ -6,30 +6,22 @@ function the search uses: `--json` must report exactly that number.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fake_cifar import write_fake_cifar10
-from mlp_exp import data, tracking
+from helpers import run_cli
+from mlp_exp import data, preprocessing, tracking
 from mlp_exp.config import TrainConfig
 from mlp_exp.trainer import train
 
-REPO = Path(__file__).resolve().parent.parent
 NUM_TEST = 120
 LABELS = [f"class{i}" for i in range(10)]        # what fake_cifar writes into batches.meta
 
 
 def run_evaluate(*args, cwd, env_uri=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    if env_uri:
-        env["MLFLOW_TRACKING_URI"] = env_uri
-    return subprocess.run([sys.executable, "-m", "mlp_exp.evaluate", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {"MLFLOW_TRACKING_URI": env_uri} if env_uri else {}
+    return run_cli("mlp_exp.evaluate", *args, cwd=cwd, timeout=300, **env)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +33,7 @@ def champion(tmp_path_factory):
     X_train, y_train, X_test, y_test = data.load_cifar10_uint8(folder)
     config = TrainConfig(hidden_size=16, num_epochs=3, learning_rate=1e-3, batch_size=50, train_size=300,
                          val_size=100, preprocessing="standardize", init_std=1e-2)
-    pre = data.fit_preprocessor(X_train[:300], config.preprocessing)
+    pre = preprocessing.fit_preprocessor(X_train[:300], config.preprocessing)
 
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     tracker = tracking.Tracker(uri, "eval-study")

@@ -13,14 +13,13 @@ import struct
 import subprocess
 import sys
 import termios
-from pathlib import Path
 
 import pytest
 
 from fake_cifar import write_fake_cifar10
+from helpers import cli_env
 from mlp_exp.progress import StudyProgress, TrialOutcome, format_duration
 
-REPO = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^trial \d+ (complete after \d+ epochs|pruned at epoch \d+|diverged in epoch \d+)"
                   r"( \(val \d\.\d{4}\))? \| \d+/\d+ done, best (\d\.\d{4}|-), ([\d.]+|\?) trials/h, ETA "
                   r"(\d+:\d\d:\d\d|\?)$")
@@ -132,8 +131,7 @@ def study_root(tmp_path_factory):
 
 
 def search(root, trials, *extra, stderr=subprocess.PIPE):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = cli_env()
     return subprocess.run(
         [sys.executable, "-m", "mlp_exp.search", "--trials", str(trials), "--train-size", "200",
          "--val-size", "60", "--test-size", "40", "--max-epochs", "2", "--data-dir", "data",

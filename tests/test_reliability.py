@@ -12,7 +12,8 @@ import pytest
 
 from fake_cifar import write_fake_cifar10
 from stores import TINY, account, load_study, run_search, running_trial_with_epochs, start_search, \
-    stderr_of, trial_runs, wait_for
+    stderr_of, tiny_settings, trial_runs, wait_for
+from mlp_exp.study import attrs
 
 STORAGE = "sqlite:///studies/optuna.db"
 TRACKING = "sqlite:///mlruns/mlflow.db"
@@ -55,22 +56,22 @@ def test_kill_9_mid_trial_then_the_same_command_resumes(study_dir):
     assert process.returncode == -signal.SIGKILL
     storage, tracking = uris(study_dir)
     runs = {r.info.run_id: r for r in trial_runs(tracking)}
-    assert runs[victim.user_attrs["mlflow_run_id"]].info.status == "RUNNING"     # what kill -9 leaves
+    assert runs[victim.user_attrs[attrs.MLFLOW_RUN_ID]].info.status == "RUNNING"     # what kill -9 leaves
 
     resumed = run_search(*args, cwd=study_dir)
     assert resumed.returncode == 0, resumed.stderr
     figures = account(storage, tracking, target=4)
     trials = {t.number: t for t in load_study(storage).get_trials()}
     assert trials[victim.number].state.name == "FAIL"
-    run = {r.info.run_id: r for r in trial_runs(tracking)}[victim.user_attrs["mlflow_run_id"]]
+    run = {r.info.run_id: r for r in trial_runs(tracking)}[victim.user_attrs[attrs.MLFLOW_RUN_ID]]
     assert run.info.status == "FAILED" and "heartbeats" in run.data.tags["error"]
-    retries = [t for t in trials.values() if t.user_attrs.get("retry_of") == victim.number]
+    retries = [t for t in trials.values() if t.user_attrs.get(attrs.RETRY_OF) == victim.number]
     assert len(retries) == 1, figures
     retry = retries[0]
     assert retry.number > victim.number and retry.state.name in ("COMPLETE", "PRUNED")
     assert retry.params == victim.params                  # the same configuration, run again
     assert retry.system_attrs["failed_trial"] == victim.number
-    assert "has_model" not in retry.user_attrs or retry.state.name == "COMPLETE"
+    assert attrs.HAS_MODEL not in retry.user_attrs or retry.state.name == "COMPLETE"
 
 
 @pytest.mark.slow
@@ -87,11 +88,11 @@ def test_ctrl_c_and_sigterm_close_the_trial_and_say_how_to_resume(study_dir, sig
     trials = {t.number: t for t in load_study(storage).get_trials()}
     assert trials[victim.number].state.name == "FAIL"
     runs = trial_runs(tracking)
-    run = next(r for r in runs if r.info.run_id == victim.user_attrs["mlflow_run_id"])
+    run = next(r for r in runs if r.info.run_id == victim.user_attrs[attrs.MLFLOW_RUN_ID])
     assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "interrupted"
     assert not [r for r in runs if r.info.status == "RUNNING"]
     waiting = [t for t in trials.values() if t.state.name == "WAITING"]
-    assert [t.user_attrs["retry_of"] for t in waiting] == [victim.number]     # queued to run again
+    assert [t.user_attrs[attrs.RETRY_OF] for t in waiting] == [victim.number]     # queued to run again
     assert waiting[0].params == victim.params
 
     if sig == signal.SIGINT:        # resuming once is enough
@@ -107,13 +108,13 @@ def test_a_diverging_trial_is_pruned_and_tagged_and_the_study_goes_on(study_dir)
     storage, tracking = uris(study_dir)
     account(storage, tracking, target=3)
     trials = load_study(storage).get_trials()
-    diverged = [t for t in trials if "diverged_at_epoch" in t.user_attrs]
+    diverged = [t for t in trials if attrs.DIVERGED_AT_EPOCH in t.user_attrs]
     assert diverged, [(t.number, t.state.name, t.intermediate_values) for t in trials]
     runs = {r.info.run_id: r for r in trial_runs(tracking)}
     for t in diverged:
-        epoch = t.user_attrs["diverged_at_epoch"]
+        epoch = t.user_attrs[attrs.DIVERGED_AT_EPOCH]
         assert t.state.name == "PRUNED" and epoch < 3         # stopped at once, not at the last epoch
-        tags = runs[t.user_attrs["mlflow_run_id"]].data.tags
+        tags = runs[t.user_attrs[attrs.MLFLOW_RUN_ID]].data.tags
         assert tags["diverged"] == "true" and tags["stop_reason"] == "diverged"
         assert tags["pruned_at_epoch"] == str(epoch)
 
@@ -127,7 +128,7 @@ def test_soak_200_trials_over_4_workers_on_one_sqlite_file(study_dir):
     storage, tracking = uris(study_dir)
     figures = account(storage, tracking, target=200)
     assert figures["runs"] == figures["trials"] - figures["surplus"]
-    workers = {t.user_attrs["worker"] for t in load_study(storage).get_trials() if "worker" in t.user_attrs}
+    workers = {t.user_attrs[attrs.WORKER] for t in load_study(storage).get_trials() if attrs.WORKER in t.user_attrs}
     assert len(workers) == 4, workers
     assert "promoted:" in result.stdout
 
@@ -149,7 +150,7 @@ def test_ctrl_c_reaches_every_worker_and_sigkill_of_the_parent_stops_them(study_
     process, _ = interrupt_mid_trial(study_dir, signal.SIGKILL, *args)
     wait_for(lambda: not _spawned_workers(study_dir), 60, "the spawned worker to stop")
     assert "RUNNING" not in [t.state.name for t in load_study(storage).get_trials()
-                             if "worker" in t.user_attrs and not t.user_attrs["worker"].endswith(
+                             if attrs.WORKER in t.user_attrs and not t.user_attrs[attrs.WORKER].endswith(
                                  f":{process.pid}")]
     resumed = run_search(*args, cwd=study_dir)
     assert resumed.returncode == 0, resumed.stderr
@@ -176,10 +177,10 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retr
     """Killed between taking a trial and its first heartbeat: without a heartbeat Optuna never calls
     the trial stale, and the workers would wait for it for ever."""
     import optuna
-    from mlp_exp import search
+    from mlp_exp.study.storage import open_storage
 
     failed = []
-    storage = search.open_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat=1,
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat=1,
                                   on_stale=lambda study, trial: failed.append(trial.number))
     study = optuna.create_study(storage=storage, direction="maximize")
     orphan = study.ask()                    # RUNNING, and no heartbeat thread ever started
@@ -196,18 +197,12 @@ def test_a_live_trial_failed_by_a_peer_ends_failed_in_both_stores_and_the_study_
     FINISHED, must end FAILED, and the worker must carry on rather than crash on Optuna's
     refusal to record the outcome."""
     from optuna.trial import TrialState
-    from mlp_exp import data, search, tracking
+    from mlp_exp.study import open_session
+    from mlp_exp.study.objective import Objective
+    from mlp_exp.study.workers import run_worker
 
-    settings = search.StudySettings(trials=3, storage=f"sqlite:///{study_dir}/studies/optuna.db",
-                                    tracking_uri=f"sqlite:///{study_dir}/mlruns/mlflow.db",
-                                    data_dir=str(study_dir / "data"), train_size=200, val_size=50,
-                                    test_size=50, max_epochs=3, fixed={"hidden_size": 8}, heartbeat=1,
-                                    pruner="none")
-    tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
-    storage = search.open_storage(settings.storage, settings.heartbeat, search.stale_trial_handler(tracker))
-    split = data.load_raw_split(settings.data_dir, train_size=200, val_size=50, test_size=50, progress=False)
-    study = search.make_study(settings, tracker, storage)
-    tracker.study_run(settings.study_name)
+    session = open_session(tiny_settings(study_dir, trials=3, max_epochs=3, heartbeat=1, pruner="none"))
+    settings, study, storage, tracker = session.settings, session.study, session.storage, session.tracker
     victims = []
 
     def peer_fails_the_trial(stats):        # what fail_stale_trials in another worker does
@@ -216,8 +211,8 @@ def test_a_live_trial_failed_by_a_peer_ends_failed_in_both_stores_and_the_study_
             victims.append(running[0].number)
             storage.set_trial_state_values(running[0]._trial_id, TrialState.FAIL)
 
-    objective = search.Objective(settings, split, tracker, extra_callbacks=[peer_fails_the_trial])
-    assert search.run_worker(study, objective, settings) == "done"
+    objective = Objective(settings, session.split, tracker, extra_callbacks=[peer_fails_the_trial])
+    assert run_worker(study, objective, settings) == "done"
     tracker.end_study()
     assert victims == [1]
     figures = account(settings.storage, settings.tracking_uri, target=3)
@@ -231,31 +226,25 @@ def test_the_pruner_cuts_only_a_reduction_factor_short_of_the_last_epoch(study_d
     """With a pruner that always says prune, a trial of 5 epochs stops after epoch 1 (1 x 3 <= 5);
     one of 2 epochs runs to the end, as cutting within a factor 3 of the end saves too little."""
     import optuna
-    from mlp_exp import data, search, tracking
+    from mlp_exp.study import open_session
+    from mlp_exp.study.objective import Objective
 
     class AlwaysPrune(optuna.pruners.BasePruner):
         def prune(self, study, trial):
             return True
 
-    settings = search.StudySettings(trials=1, storage=f"sqlite:///{study_dir}/studies/optuna.db",
-                                    tracking_uri=f"sqlite:///{study_dir}/mlruns/mlflow.db",
-                                    data_dir=str(study_dir / "data"), train_size=200, val_size=50,
-                                    test_size=50, max_epochs=max_epochs, fixed={"hidden_size": 8})
-    tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
-    split = data.load_raw_split(settings.data_dir, train_size=200, val_size=50, test_size=50, progress=False)
-    storage = search.open_storage(settings.storage, settings.heartbeat, search.stale_trial_handler(tracker))
-    study = optuna.create_study(storage=storage, pruner=AlwaysPrune(), direction="maximize")
-    tracker.study_run(study.study_name)
-    study.optimize(search.Objective(settings, split, tracker), n_trials=1)
-    tracker.end_study()
+    session = open_session(tiny_settings(study_dir, trials=1, max_epochs=max_epochs))
+    study = optuna.create_study(storage=session.storage, pruner=AlwaysPrune(), direction="maximize")
+    study.optimize(Objective(session.settings, session.split, session.tracker), n_trials=1)
+    session.tracker.end_study()
     trial = study.trials[0]
     assert (trial.state.name, max(trial.intermediate_values)) == expected
 
 
 def test_an_interrupt_is_raised_at_once_in_computation_and_held_back_elsewhere():
-    from mlp_exp import cli, search
+    from mlp_exp.interrupts import Interrupts, Terminated
 
-    interrupts = search.Interrupts()
+    interrupts = Interrupts()
     with interrupts:
         reached = []
         with pytest.raises(KeyboardInterrupt):
@@ -264,17 +253,17 @@ def test_an_interrupt_is_raised_at_once_in_computation_and_held_back_elsewhere()
                 time.sleep(5)                   # the signal ends it at once
                 reached.append("after the sleep")
         assert reached == []
-    interrupts = search.Interrupts()
+    interrupts = Interrupts()
     with interrupts:
         write = interrupts.deferring(lambda: (os.kill(os.getpid(), signal.SIGTERM), reached.append("written")))
-        with pytest.raises(cli.Terminated):
+        with pytest.raises(Terminated):
             with interrupts.interruptible():
                 write()                         # as an epoch's callbacks: finished, then stopped
                 reached.append("after the write")
         assert reached == ["written"]
         os.kill(os.getpid(), signal.SIGINT)     # outside interruptible blocks: only noted ...
         reached.append("went on")
-        with pytest.raises(cli.Terminated):     # ... and the first interrupt is raised at every check
+        with pytest.raises(Terminated):     # ... and the first interrupt is raised at every check
             interrupts.check()
     assert reached == ["written", "went on"]
 
@@ -286,19 +275,12 @@ def test_ctrl_c_while_an_epoch_is_being_recorded_stops_the_trial_after_the_write
     waits for the logging thread, which needs that lock: CI hung on exactly that."""
     import sqlite3
     import sqlalchemy
-    from mlp_exp import data, search, tracking
+    from mlp_exp.study import open_session
+    from mlp_exp.study.objective import Objective
+    from mlp_exp.study.workers import run_worker
 
-    settings = search.StudySettings(trials=2, storage=f"sqlite:///{study_dir}/studies/optuna.db",
-                                    tracking_uri=f"sqlite:///{study_dir}/mlruns/mlflow.db",
-                                    data_dir=str(study_dir / "data"), train_size=200, val_size=50,
-                                    test_size=50, max_epochs=6, fixed={"hidden_size": 8}, pruner="none")
-    tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
-    interrupts = search.Interrupts()
-    storage = search.open_storage(settings.storage, settings.heartbeat, search.stale_trial_handler(tracker),
-                                  sleep=interrupts.sleep)
-    split = data.load_raw_split(settings.data_dir, train_size=200, val_size=50, test_size=50, progress=False)
-    study = search.make_study(settings, tracker, storage)
-    tracker.study_run(settings.study_name)
+    session = open_session(tiny_settings(study_dir, trials=2, max_epochs=6, pruner="none"))
+    settings, study, storage, interrupts = session.settings, session.study, session.storage, session.interrupts
     inserts = []
 
     def ctrl_c_inside_the_third_epochs_insert(connection, cursor, statement, *_):
@@ -308,26 +290,26 @@ def test_ctrl_c_while_an_epoch_is_being_recorded_stops_the_trial_after_the_write
                 os.kill(os.getpid(), signal.SIGINT)
 
     sqlalchemy.event.listen(storage.engine, "after_cursor_execute", ctrl_c_inside_the_third_epochs_insert)
-    objective = search.Objective(settings, split, tracker, interrupts=interrupts)
+    objective = Objective(settings, session.split, session.tracker, interrupts=interrupts)
     with pytest.raises(KeyboardInterrupt):
         with interrupts:
-            search.run_worker(study, objective, settings)
+            run_worker(study, objective, settings)
     sqlalchemy.event.remove(storage.engine, "after_cursor_execute", ctrl_c_inside_the_third_epochs_insert)
 
     sqlite3.connect(study_dir / "studies" / "optuna.db", timeout=0).execute("BEGIN IMMEDIATE")  # no lock left
     victim, retry = load_study(settings.storage).get_trials()
     assert victim.state.name == "FAIL" and len(victim.intermediate_values) == 3    # written, then stopped
-    assert retry.state.name == "WAITING" and retry.user_attrs["retry_of"] == victim.number
-    run = next(r for r in trial_runs(settings.tracking_uri) if r.info.run_id == victim.user_attrs["mlflow_run_id"])
+    assert retry.state.name == "WAITING" and retry.user_attrs[attrs.RETRY_OF] == victim.number
+    run = next(r for r in trial_runs(settings.tracking_uri) if r.info.run_id == victim.user_attrs[attrs.MLFLOW_RUN_ID])
     assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "interrupted"
 
 
 def test_the_parent_says_which_worker_it_waits_for_when_closing_takes_long(capsys):
     import subprocess
-    from mlp_exp import search
+    from mlp_exp.study.workers import wait_for_workers
 
     slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
-    search.wait_for_workers([slow], patience=0.2)
+    wait_for_workers([slow], patience=0.2)
     assert slow.returncode == 0                             # waited for, to the end
     assert capsys.readouterr().err == (f"waiting for worker {slow.pid} to close its trial (Ctrl-C again to "
                                        "stop without waiting: the worker then stops on its own)\n")

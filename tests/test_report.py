@@ -14,9 +14,11 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from fake_cifar import write_fake_cifar10
-from stores import run_cli
-from mlp_exp import report
+from helpers import run_cli
+from mlp_exp.study import figures as report_figures
+from mlp_exp.study import report
 from mlp_exp.tracking import TrackedRun
+from mlp_exp.study import attrs
 
 matplotlib.use("Agg")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -109,19 +111,18 @@ def searched_study():
     return study
 
 
-def test_all_figures_and_the_validation_curves_by_state(searched_study):
-    from mlp_exp import search
-
-    view, importances = search.searched_view(searched_study, list(SPACE))
+def test_all_figures_and_the_validation_curves_by_state(searched_study, monkeypatch):
+    view, importances = report_figures.searched_view(searched_study, list(SPACE))
     assert max(importances, key=importances.get) == "learning_rate"
-    figures, skipped = report.study_figures(searched_study, view, list(SPACE), importances)
+    monkeypatch.setattr(report_figures, "SLICE_PARAMS", 2)      # fewer slices than parameters: ranking shows
+    figures, skipped = report_figures.study_figures(searched_study, view, list(SPACE), importances)
     assert skipped == {}
     assert set(figures) == {"optimization_history", "param_importances", "parallel_coordinate", "slice",
                             "contour", "intermediate_values"}
     ax = figures["intermediate_values"].axes[0]
     curves = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
     colours = [matplotlib.colors.to_hex(line.get_color()) for line in curves]
-    hexes = {k: matplotlib.colors.to_hex(v[0]) for k, v in report.STATE_STYLE.items()}
+    hexes = {k: matplotlib.colors.to_hex(v[0]) for k, v in report_figures.STATE_STYLE.items()}
     assert len(curves) == 16                                            # every trial, pruned ones included
     assert colours.count(hexes["PRUNED"]) == 3 and colours.count(hexes["DIVERGED"]) == 1
     assert colours.count(hexes["BEST"]) == 1 and colours.count(hexes["COMPLETE"]) == 11
@@ -130,19 +131,20 @@ def test_all_figures_and_the_validation_curves_by_state(searched_study):
     best = searched_study.best_trial
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "complete: 11", "pruned (x: last epoch): 3", "diverged: 1", f"best (trial {best.number})"]
+    ranked = sorted(importances, key=importances.get, reverse=True)
     slice_titles = [a.get_xlabel() for a in figures["slice"].axes if a.get_xlabel()]
-    assert slice_titles[0] == "learning_rate" or "learning_rate" in slice_titles   # the most important is there
+    assert sorted(slice_titles) == sorted(ranked[:2])                   # the two most important, not the third
+    contour_axes = [a for a in figures["contour"].axes if a.get_xlabel()]
+    assert sorted([contour_axes[0].get_xlabel(), contour_axes[0].get_ylabel()]) == sorted(ranked[:2])
     for figure in figures.values():
         matplotlib.pyplot.close(figure)
 
 
 def test_figures_the_study_cannot_support_yet_are_skipped_with_a_reason(small_study):
-    from mlp_exp import search
-
     study, _ = small_study
-    view, importances = search.searched_view(study, list(SPACE))
+    view, importances = report_figures.searched_view(study, list(SPACE))
     assert importances == {}                                             # one complete searched trial
-    figures, skipped = report.study_figures(study, view, list(SPACE), importances)
+    figures, skipped = report_figures.study_figures(study, view, list(SPACE), importances)
     assert {"optimization_history", "intermediate_values"} <= set(figures)
     assert "at least 2 complete trials" in skipped["param_importances"]
     assert "contour" in skipped
@@ -225,7 +227,7 @@ def test_report_command_regenerates_it(real_study, tmp_path):
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert f"{len(study.trials)} trials" in result.stdout
     for t in complete:                                                  # the top ten, printed
-        assert t.user_attrs["mlflow_run_id"] in result.stdout
+        assert t.user_attrs[attrs.MLFLOW_RUN_ID] in result.stdout
     assert f"wrote {len(list(out.iterdir()))} files to {out}" in result.stdout
 
 

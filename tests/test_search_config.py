@@ -4,13 +4,13 @@ import pytest
 
 from mlp_exp.config import TrainConfig
 from mlp_exp.errors import UserError
-from mlp_exp.search import (SEARCH_SPACE, SPEC_BASELINE, StudySettings, config_for_trial,
-                            parse_fixed)
+from mlp_exp.study import StudySettings, attrs
+from mlp_exp.study.space import SEARCH_SPACE, SPEC_BASELINE, config_for_trial, parse_fixed
 
 
-def ask(study, **attrs):
+def ask(study, **user_attrs):
     trial = study.ask()
-    for key, value in attrs.items():
+    for key, value in user_attrs.items():
         trial.set_user_attr(key, value)
     return trial
 
@@ -38,7 +38,7 @@ def test_fixed_values_leave_the_space_and_win():
 
 def test_baseline_trial_replays_spec_grid_best():
     study = optuna.create_study(direction="maximize")
-    trial = ask(study, baseline="spec")
+    trial = ask(study, **{attrs.BASELINE: "spec"})
     config = config_for_trial(trial, StudySettings(max_epochs=3))
     assert trial.params == {}
     assert config.hidden_size == SPEC_BASELINE["hidden_size"] == 500
@@ -61,7 +61,7 @@ def test_parse_fixed_types_values():
     ("seed=3", "set by --seed"),
 ])
 def test_parse_fixed_rejects_bad_pairs(pair, message):
-    with pytest.raises(UserError, match=None) as info:
+    with pytest.raises(UserError) as info:
         parse_fixed([pair])
     assert message in str(info.value)
     assert "\n" not in str(info.value)
@@ -71,10 +71,12 @@ def test_start_up_trials_and_their_retries_train_in_full_and_later_trials_are_pr
     """Each trial's curve is worse than the one before, so Hyperband alone would cut nearly every
     trial at its bracket's first rung, start-up trials too. The default study's pruner lets TPE's
     random start-up trials, and a retry of one, train all their epochs and prunes the trials after."""
-    from mlp_exp.search import SAMPLER_STARTUP_TRIALS, make_study, prunable_epoch, retry
+    from mlp_exp.study import make_study
+    from mlp_exp.study.recovery import retry
+    from mlp_exp.study.strategy import SAMPLER_STARTUP_TRIALS, prunable_epoch
 
     settings = StudySettings(study_name="startup", max_epochs=30)
-    study = make_study(settings, tracker=None, storage=optuna.storages.InMemoryStorage())
+    study, _ = make_study(settings, tracker=None, storage=optuna.storages.InMemoryStorage())
 
     def objective(trial):
         for epoch in range(1, 31):
@@ -89,4 +91,4 @@ def test_start_up_trials_and_their_retries_train_in_full_and_later_trials_are_pr
     states = [t.state.name for t in study.trials]
     assert states[:SAMPLER_STARTUP_TRIALS] == ["COMPLETE"] * SAMPLER_STARTUP_TRIALS
     assert states[SAMPLER_STARTUP_TRIALS:20].count("PRUNED") >= 5
-    assert study.trials[20].system_attrs["failed_trial"] == 3 and states[20] == "COMPLETE"
+    assert study.trials[20].system_attrs[attrs.FAILED_TRIAL] == 3 and states[20] == "COMPLETE"

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from fake_cifar import write_fake_cifar10
-from stores import run_cli
+from helpers import run_cli
+from mlp_exp.study import attrs
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,9 @@ def test_study_lands_in_optuna_storage(finished_study):
     trials = study.get_trials()
     finished = [t for t in trials if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 5
-    assert trials[0].user_attrs.get("baseline")            # trial 0 replays the spec's grid best
-    assert trials[0].user_attrs["config"]["hidden_size"] == 24   # --fixed wins even there
-    assert all("mlflow_run_id" in t.user_attrs for t in finished)
+    assert trials[0].user_attrs.get(attrs.BASELINE)            # trial 0 replays the spec's grid best
+    assert trials[0].user_attrs[attrs.CONFIG]["hidden_size"] == 24   # --fixed wins even there
+    assert all(attrs.MLFLOW_RUN_ID in t.user_attrs for t in finished)
 
 
 def test_parent_and_nested_trial_runs(finished_study):
@@ -92,7 +93,7 @@ def test_champion_alias_and_test_accuracy(finished_study):
     # the champion is the best completed trial by validation accuracy
     import optuna
     study = optuna.load_study(study_name="cifar10-mlp", storage=f"sqlite:///{root}/studies/optuna.db")
-    assert study.best_trial.user_attrs["mlflow_run_id"] == version.run_id
+    assert study.best_trial.user_attrs[attrs.MLFLOW_RUN_ID] == version.run_id
     assert f"test accuracy {test_accuracy:.4f}" in result.stdout
 
     evaluated = run_cli("mlp_exp.evaluate", "--data-dir", "data", "--test-size", "120",

@@ -6,8 +6,6 @@ kernels.predict_float32 (the logged pyfunc model's predictions).
 """
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,12 +16,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from mlp_exp import data, kernels, tracking, vis
+from helpers import REPO, cli_env, free_port
+from mlp_exp import data, kernels, preprocessing, tracking, vis
 from mlp_exp.config import TrainConfig
 from mlp_exp.errors import UserError
 from mlp_exp.trainer import StopTraining, train
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIG = TrainConfig(hidden_size=8, num_epochs=3, learning_rate=1e-3, batch_size=20, train_size=60,
                      val_size=20, init_std=1e-2, seed=3)
 
@@ -51,7 +49,7 @@ def tiny():
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, (110, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 110)
-    pre = data.fit_preprocessor(X[:60], "standardize")
+    pre = preprocessing.fit_preprocessor(X[:60], "standardize")
     return dict(X_train=X[:60], y_train=y[:60], X_val=X[60:80], y_val=y[60:80], X_test=X[80:], y_test=y[80:],
                 pre=pre, rows_train=pre.apply(X[:60]), rows_val=pre.apply(X[60:80]))
 
@@ -60,10 +58,13 @@ def train_tiny(tiny, config=CONFIG, callbacks=()):
     return train(tiny["rows_train"], tiny["y_train"], tiny["rows_val"], tiny["y_val"], config, callbacks=callbacks)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+closed_port = free_port      # nothing listens there: connection refused
+
+
+def parent_runs(tracker, study_name) -> list:
+    """Every parent run of the study, read with MLflow's own search (duplicates included)."""
+    return tracker.client.search_runs([tracker.experiment_id], f"tags.`{tracking.STUDY_TAG}` = '{study_name}' "
+                                      f"AND tags.`{tracking.ROLE_TAG}` = 'study'")
 
 
 # ------------------------------------------------------------ the store
@@ -101,7 +102,7 @@ def test_experiment_artifacts_live_beside_the_sqlite_db(tmp_path, tracker):
 def test_importing_the_package_does_not_import_mlflow():
     code = "import sys, mlp_exp, mlp_exp.tracking, mlp_exp.evaluate; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                         env=cli_env(), timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
@@ -121,7 +122,7 @@ def test_study_run_is_reused_and_reopened(uri):
     assert run.info.status == "RUNNING"
     assert run.data.params == {"trials": "3", "seed": "1"}      # params are write-once
     assert run.data.tags[tracking.STUDY_TAG] == "study-x" and run.data.tags["note"] == "b"
-    assert len(again._study_runs("study-x")) == 1
+    assert len(parent_runs(again, "study-x")) == 1
 
 
 def test_a_peer_logging_the_study_params_first_is_not_an_error(uri):
@@ -133,7 +134,8 @@ def test_a_peer_logging_the_study_params_first_is_not_an_error(uri):
     first = tracking.Tracker(uri, "study-x")
     parent = first.study_run("study-x")
     stale = first.client.get_run(parent)                  # what the second worker read: no params yet
-    first._log_batch(parent, params={"trials": 3, "seed": 0})                    # the peer wins the race
+    for key, value in {"trials": 3, "seed": 0}.items():                         # the peer wins the race
+        first.client.log_param(parent, key, value)
     second = tracking.Tracker(uri, "study-x")
     second._study_runs = lambda name: [stale]
     log_batch = second._log_batch
@@ -169,7 +171,7 @@ def test_two_processes_starting_a_study_at_once_share_one_parent(uri, tmp_path):
         tracker = tracking.Tracker({uri!r}, "race")
         print(tracker.study_run("race"))
     """)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = cli_env()
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for _ in range(2)]
     go.touch()
@@ -177,7 +179,7 @@ def test_two_processes_starting_a_study_at_once_share_one_parent(uri, tmp_path):
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     ids = {out.strip() for out, _ in outs}
     tracker = tracking.Tracker(uri, "race")
-    parents = tracker._study_runs("race")
+    parents = parent_runs(tracker, "race")
     assert len(ids) == 1 and [r.info.run_id for r in parents] == list(ids)
 
 
@@ -223,6 +225,20 @@ def test_trial_run_logs_config_epochs_images_and_result(tracker, tiny, tmp_path)
         np.testing.assert_array_equal(pixels, vis.first_layer_grid(seen[epoch][:, :tracker.grid_units]))
     assert logged.data.tags.get("mlflow.loggedImages") == "True"
     assert "training_curves.png" in [a.path for a in client.list_artifacts(run.run_id)]
+
+
+def test_log_result_records_the_tags_it_is_given_and_computes_none_itself(tracker, tiny):
+    """Analysis (the curves' diagnosis) belongs to the study layer; tracking logs what it is handed."""
+    plain, tagged = tracker.start_trial(1, CONFIG), tracker.start_trial(2, CONFIG)
+    result = train_tiny(tiny)
+    plain.log_result(result)
+    tagged.log_result(result, {"diagnosis": "overfitting", "diagnosis.overfitting": "a reason"})
+    for run in (plain, tagged):
+        run.end("FINISHED", wait=True)
+    assert not any(k.startswith("diagnosis") for k in tracker.get_run(plain.run_id).tags)
+    tags = tracker.get_run(tagged.run_id).tags
+    assert tags["diagnosis"] == "overfitting" and tags["diagnosis.overfitting"] == "a reason"
+    assert tracker.get_run(tagged.run_id).metrics["best_val_accuracy"] == pytest.approx(result.best_val_accuracy)
 
 
 def test_pruned_trial_ends_killed_with_its_tags(tracker, tiny):
@@ -323,7 +339,7 @@ def test_wrong_input_width_is_a_clear_error(tracker, logged_model):
     import mlflow
     _, model_uri, _ = logged_model
     model = mlflow.pyfunc.load_model(model_uri)
-    with pytest.raises(Exception, match="3072"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match="3072"):    # the signature, enforced by MLflow
         model.predict(np.zeros((2, 100), np.float32))
     with pytest.raises(ValueError, match=r"\(N, 3072\)"):
         model.unwrap_python_model().predict(None, np.zeros((2, 100), np.float32))

@@ -152,7 +152,7 @@ def test_flip_training_changes_batches_but_not_data():
 
 
 def test_preprocessing_per_batch_equals_preprocessing_up_front():
-    from mlp_exp.data import fit_preprocessor
+    from mlp_exp.preprocessing import fit_preprocessor
     rng = np.random.default_rng(5)
     raw = rng.integers(0, 256, (60, 3072), dtype=np.uint8)
     y = rng.integers(0, 10, 60)
@@ -181,7 +181,7 @@ def test_mirror_rows_mirrors_every_image_across_chunks(dtype):
 
 @pytest.mark.parametrize("preprocessing", ["standardize", "mean_image", None])
 def test_flips_gathered_from_a_mirrored_copy_train_identically(preprocessing):
-    from mlp_exp.data import fit_preprocessor
+    from mlp_exp.preprocessing import fit_preprocessor
     rng = np.random.default_rng(7)
     raw = rng.integers(0, 256, (60, 3072), dtype=np.uint8)
     y = rng.integers(0, 10, 60)

@@ -9,7 +9,6 @@ Needs Debian's chromium and chromium-driver (`apt-get install -y chromium
 chromium-driver`) and the `selenium` package (the `test` extra); skipped without them.
 """
 import json
-import os
 import select
 import signal
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from fake_cifar import write_fake_cifar10
+from helpers import cli_env, free_port
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
@@ -31,7 +31,6 @@ from selenium.webdriver.chrome.service import Service          # noqa: E402
 from selenium.webdriver.common.by import By                     # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait         # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 STUDY = "cifar10-mlp"
 WAIT = 90            # seconds a page may take to show something; a bound, not an assertion
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,16 +38,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--window-size=1400,900")
 
 
-def env():
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    return environment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+env = cli_env
 
 
 def processes_with(text: str) -> list[int]:
@@ -207,11 +197,10 @@ def test_weight_grid_image(ui, study, browser, tmp_path):
     wait_for(browser, lambda d: visible(d, "//*[text()='images']"), "the images folder")[0].click()
     name = logged.split("/", 1)[1]
     wait_for(browser, lambda d: visible(d, f"//*[text()='{name}']"), f"the file {name}")[0].click()
-    # the preview is the logged PNG, fully loaded: same pixel size as the file on disk
-    shown = wait_for(browser, lambda d: [size for size in d.execute_script(
+    # the preview is the logged PNG, fully loaded: same pixel size as the file on disk (the wait asserts it)
+    wait_for(browser, lambda d: [size for size in d.execute_script(
         "return Array.from(document.images).filter(i => i.complete && i.src.startsWith('blob:'))"
         ".map(i => [i.naturalWidth, i.naturalHeight])") if size == [width, height]], f"a {width}x{height} image")
-    assert shown
     assert browser.save_screenshot(str(tmp_path / "weights.png"))
 
 

@@ -14,6 +14,7 @@ from fake_cifar import write_fake_cifar10
 from pg import PostgresCluster
 from stores import TINY, MlflowServer, account, load_study, run_search, running_trial_with_epochs, \
     start_search, stderr_of, trial_runs, wait_for
+from mlp_exp.study import attrs
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def check_one_champion(server, name, storage):
     client = mlflow.MlflowClient(server.url)
     champion = client.get_model_version_by_alias(name, "champion")
     best = load_study(storage, name).best_trial
-    assert champion.run_id == best.user_attrs["mlflow_run_id"]
+    assert champion.run_id == best.user_attrs[attrs.MLFLOW_RUN_ID]
     versions = client.search_model_versions(f"name = '{name}' AND run_id = '{champion.run_id}'")
     assert len(versions) == 1, [v.version for v in versions]
 
@@ -66,7 +67,7 @@ def test_three_workers_share_one_study(servers, workdir):
         assert "Traceback" not in stderr_of(workdir, f"worker{i}")
     figures = account(pg.url, server.url, trials, study=name)
     assert figures["runs"] == figures["trials"] - figures["surplus"]
-    ran = {t.user_attrs["worker"] for t in load_study(pg.url, name).get_trials() if "worker" in t.user_attrs}
+    ran = {t.user_attrs[attrs.WORKER] for t in load_study(pg.url, name).get_trials() if attrs.WORKER in t.user_attrs}
     assert len(ran) >= 2, ran                   # the work was shared
     check_one_champion(server, name, pg.url)
 
@@ -80,7 +81,7 @@ def test_kill_9_of_a_worker_and_a_database_restart_lose_nothing(servers, workdir
     try:
         victim = wait_for(lambda: running_trial_with_epochs(pg.url, study=name), 180, "a trial in progress",
                           poll=0.05)
-        pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+        pid = int(victim.user_attrs[attrs.WORKER].rsplit(":", 1)[1])
         assert pid in [w.pid for w in workers]
         os.kill(pid, signal.SIGKILL)
 
@@ -89,7 +90,8 @@ def test_kill_9_of_a_worker_and_a_database_restart_lose_nothing(servers, workdir
         pg.stop("fast")                      # the database goes away under running trials ...
         time.sleep(4)                        # longer than the heartbeat grace period
         pg.start()                           # ... and comes back on the same port
-        codes = [w.wait(600) for w in workers]
+        for w in workers:
+            w.wait(600)
     finally:
         for w in workers:
             if w.poll() is None:
@@ -109,8 +111,8 @@ def test_kill_9_of_a_worker_and_a_database_restart_lose_nothing(servers, workdir
     trials_by_number = {t.number: t for t in load_study(pg.url, name).get_trials()}
     assert trials_by_number[victim.number].state.name == "FAIL"
     runs = {r.info.run_id: r for r in trial_runs(server.url, name)}
-    assert runs[victim.user_attrs["mlflow_run_id"]].info.status == "FAILED"
-    assert [t for t in trials_by_number.values() if t.user_attrs.get("retry_of") == victim.number]
+    assert runs[victim.user_attrs[attrs.MLFLOW_RUN_ID]].info.status == "FAILED"
+    assert [t for t in trials_by_number.values() if t.user_attrs.get(attrs.RETRY_OF) == victim.number]
     assert figures["failed"] >= 1
     check_one_champion(server, name, pg.url)
 
@@ -119,10 +121,10 @@ def test_the_storage_waits_out_a_restart_and_gives_up_in_one_line_after_its_pati
     import threading
 
     import optuna
-    from mlp_exp import search
+    from mlp_exp.study.storage import StorageLost, open_storage
 
     pg, _ = servers
-    storage = search.open_storage(pg.url, heartbeat=1, patience=30)
+    storage = open_storage(pg.url, heartbeat=1, patience=30)
     study = optuna.create_study(study_name="patience", storage=storage, direction="maximize")
     study.enqueue_trial({"x": 1.0})
     pg.stop("fast")
@@ -136,7 +138,7 @@ def test_the_storage_waits_out_a_restart_and_gives_up_in_one_line_after_its_pati
 
         storage.patience = 2
         pg.stop("fast")
-        with pytest.raises(search.StorageLost) as lost:
+        with pytest.raises(StorageLost) as lost:
             study.get_trials()
         message = str(lost.value)
         assert "lost the Optuna storage" in message and "run the same command again to resume" in message

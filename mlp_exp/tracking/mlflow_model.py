@@ -1,7 +1,8 @@
 """The two-layer net as an MLflow pyfunc model, logged as code (no pickle).
 
-MLflow runs this file to load a model that `tracking.log_model` logged. It
-needs only numpy and mlflow: the weights and the preprocessing statistics come
+MLflow runs this file to load a model that `Tracker.log_model` logged. It
+imports only numpy and mlflow (a copy of it travels with each model, so it
+must not depend on the package): the weights and the preprocessing statistics come
 from the `weights` artifact (.npz), the config and class names from `config`
 (.json).
 
@@ -16,12 +17,13 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 CHUNK_ROWS = 4096      # rows per forward pass, so memory stays flat
+PARAM_NAMES = ("W1", "b1", "W2", "b2")     # net.PARAM_NAMES, repeated: this file imports no mlp_exp
 
 
 class TwoLayerNetModel(PythonModel):
     def load_context(self, context):
         with np.load(context.artifacts["weights"], allow_pickle=False) as arrays:
-            self.params = {k: arrays[k].astype(np.float32) for k in ("W1", "b1", "W2", "b2")}
+            self.params = {k: arrays[k].astype(np.float32) for k in PARAM_NAMES}
             self.mean = arrays["mean"].astype(np.float32)      # (D,)
             self.scale = arrays["scale"].astype(np.float32)    # (D,)
         with open(context.artifacts["config"], encoding="utf-8") as f:
@@ -35,7 +37,7 @@ class TwoLayerNetModel(PythonModel):
         if X.ndim != 2 or X.shape[1] != D:
             raise ValueError(f"input must be raw pixels of shape (N, {D}) (images.reshape(N, -1)), "
                              f"got shape {X.shape}")
-        W1, b1, W2, b2 = (self.params[k] for k in ("W1", "b1", "W2", "b2"))
+        W1, b1, W2, b2 = (self.params[k] for k in PARAM_NAMES)
         probs = np.empty((X.shape[0], W2.shape[1]), dtype=np.float32)
         for start in range(0, X.shape[0], CHUNK_ROWS):
             # same float32 steps as data.Preprocessor.apply, then the net's forward pass

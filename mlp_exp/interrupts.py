@@ -1,0 +1,104 @@
+"""Ctrl-C and SIGTERM, raised only where stopping is safe: in computation, never inside a store write.
+
+A worker either computes (trains, sleeps between polls) or writes to the
+stores; an exception raised inside a database write can leave its connection
+holding SQLite's write lock (see Interrupts). Uses no Optuna and no MLflow.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same cleanup runs (Optuna marks the trial failed, too)."""
+
+
+class Interrupts:
+    """SIGINT and SIGTERM as KeyboardInterrupt and Terminated, raised only where that is safe.
+
+    A worker's main thread either computes (trains, sleeps between polls) or
+    writes to the stores. An exception raised inside a database write can leave
+    its connection in the middle of a transaction, holding SQLite's write lock
+    for as long as the exception's frames live; the cleanup that follows (closing
+    the trial's run, which the logging thread must finish writing first) then
+    waits on a lock its own process holds. CI hung on exactly that. So a signal
+    is raised at once only inside `interruptible()` blocks and `sleep`, and
+    otherwise at the next `check()`: on entering `interruptible()`, after each
+    `deferring(fn)` call (an epoch's callbacks) and between trials. Once caught,
+    it is raised again at every check, so nothing can swallow it.
+
+    Python drops an exception raised inside a weakref callback or __del__ (and
+    prints it as "Exception ignored in ..."), so a Ctrl-C that lands during
+    garbage collection would otherwise be lost and the search would carry on;
+    here it is raised again, quietly. Use as a context manager in the main
+    thread; outside it (and in other threads) the methods only compute and sleep.
+    """
+
+    def __init__(self):
+        self.pending = None
+        self._raise_now = False             # the main thread is in an interruptible block
+        self._previous = {}
+        self._previous_hook = None
+
+    def _handle(self, signum, frame):
+        if self.pending is None:            # the first one decides how the command ends
+            self.pending = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if self._raise_now:
+            raise self.pending()
+
+    def check(self, *_) -> None:
+        """Raise the interrupt that arrived, if any; takes (and ignores) a trainer callback's EpochStats."""
+        if self.pending is not None:
+            raise self.pending()
+
+    @contextlib.contextmanager
+    def _raising(self, now: bool):
+        if threading.current_thread() is not threading.main_thread():
+            yield                           # signals are handled in the main thread only
+            return
+        previous, self._raise_now = self._raise_now, now
+        try:
+            yield
+        finally:
+            self._raise_now = previous
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A block of pure computation (no store is written inside): an interrupt stops it at once."""
+        self.check()
+        with self._raising(True):
+            yield
+
+    def deferring(self, fn):
+        """`fn`, with interrupts held back while it runs and raised after it (for I/O inside
+        an interruptible block, such as an epoch's callbacks)."""
+        def deferred(*args):
+            with self._raising(False):
+                fn(*args)
+            self.check()
+        return deferred
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep that a new interrupt ends at once (an interrupt already caught does not:
+        cleanup after one may sleep, waiting for a store)."""
+        with self._raising(True):
+            time.sleep(seconds)
+
+    def _unraisable(self, unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and self.pending is not None):
+            self._previous_hook(unraisable)
+
+    def __enter__(self) -> "Interrupts":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = self._previous_hook

@@ -1,0 +1,31 @@
+"""Every name the product writes into an MLflow store, defined once.
+
+Changing one of these changes the store layout: existing `mlruns/` stores
+(and the runs the report and the tests look up by tag) would no longer match.
+"""
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_MODEL_NAME = "mlp-cifar10"
+CHAMPION_ALIAS = "champion"
+DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
+
+STUDY_TAG = "mlp_exp.study"            # on the parent run and every trial run
+ROLE_TAG = "mlp_exp.role"              # "study" or "trial"
+WORKER_TAG = "mlp_exp.worker"          # host:pid of the process that ran a trial
+LOGGING_ERROR_TAG = "mlp_exp.logging_error"
+RECONCILED_TAG = "mlp_exp.reconciled"  # a run closed after its trial had finished without it
+TRIAL_TAG = "optuna.trial_number"
+PARENT_TAG = "mlflow.parentRunId"      # what the MLflow UI nests runs by
+ERROR_TAG = "error"                    # a FAILED run's one-line reason
+STOP_REASON_TAG = "stop_reason"        # why a KILLED run stopped: interrupted, diverged, pruned at ...
+PRUNED_AT_TAG = "pruned_at_epoch"
+DIVERGED_TAG = "diverged"               # "true" on a run whose loss became non-finite
+VAL_ACCURACY_TAG = "val_accuracy"      # on model versions: what promotion compares
+
+EPOCH_METRICS = ("loss", "train_accuracy", "val_accuracy", "learning_rate")
+GRID_KEY = "first_layer_weights"
+GRID_UNITS = 64                        # tiles per epoch image: 8x8 tiles, 263x263 px (encoding is the cost)
+CURVES_ARTIFACT = "training_curves.png"
+CURVES_DPI = 80                        # 800x640 px
+MODEL_NAME_IN_RUN = "model"
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")

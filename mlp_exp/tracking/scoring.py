@@ -1,0 +1,107 @@
+"""Loading a logged model and scoring it on raw images: what `evaluate` and the promotion share.
+
+Both go through mlflow.pyfunc, as any user of the registered model would, so
+the test accuracy a search logs is the one `python -m mlp_exp.evaluate`
+reproduces on the same images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ..errors import UserError, one_line
+from .names import DEFAULT_MODEL_URI, TRACKING_URI_ENV
+from .store import check_server, import_mlflow, resolve_tracking_uri, sqlite_path
+
+PREDICT_CHUNK = 2000                   # rows per pyfunc predict call when scoring
+
+
+@dataclass
+class LoadedModel:
+    uri: str
+    run_id: str | None
+    input_width: int | None
+    label_names: list | None
+    pyfunc: object = field(repr=False)
+
+
+def load_model(model_uri: str = DEFAULT_MODEL_URI, tracking_uri=None) -> LoadedModel:
+    """Load a logged model through mlflow.pyfunc; a missing champion or bad URI is a UserError."""
+    uri = resolve_tracking_uri(tracking_uri, create=False)
+    if urlparse(uri).scheme == "sqlite" and not sqlite_path(uri).is_file():
+        raise UserError(f"no model at {model_uri}: there is no MLflow store at {uri}; run a search "
+                        f"first, or pass --tracking-uri (or set {TRACKING_URI_ENV}) to the store it used")
+    check_server(uri)
+    mlflow = import_mlflow()
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as err:
+        if model_uri.startswith("models:/") and "@" in model_uri:
+            raise UserError(f"no model at {model_uri} in {uri} ({one_line(err, 200)}); run a search "
+                            f"first so a champion is registered, or pass --model-uri") from err
+        raise UserError(f"cannot load model {model_uri} from {uri}: {one_line(err, 300)}") from err
+    schema = model.metadata.get_input_schema()
+    shape = getattr(schema.inputs[0], "shape", None) if schema is not None and schema.inputs else None
+    try:
+        label_names = list(model.unwrap_python_model().label_names)
+    except Exception:                       # not one of ours: fall back to class indices
+        label_names = None
+    return LoadedModel(model_uri, model.metadata.run_id, shape[-1] if shape else None, label_names, model)
+
+
+def score_model(model, X, y, label_names: Sequence[str] | None = None, tracking_uri=None) -> dict:
+    """Accuracy of a model (a URI or a LoadedModel) on raw images.
+
+    Inputs:
+    - X: uint8 images (N, 32, 32, 3), or rows (N, 3072) = images.reshape(N, -1)
+    - y: (N,) integer labels
+
+    Returns a JSON-ready dict: model_uri, run_id, test_accuracy, num_test, per_class
+    ({label name: accuracy, or None for a class absent from y}).
+    """
+    if not isinstance(model, LoadedModel):
+        model = load_model(model, tracking_uri)
+    rows = np.asarray(X).reshape(len(X), -1)
+    y = np.asarray(y)
+    if len(rows) == 0:
+        raise UserError("no images to score; pass a --test-size of at least 1")
+    if model.input_width is not None and rows.shape[1] != model.input_width:
+        raise UserError(f"input has {rows.shape[1]} values per image, model {model.uri} expects "
+                        f"{model.input_width} (32x32x3 raw pixels, images.reshape(N, -1))")
+    if y.shape != (len(rows),):
+        raise ValueError(f"y must have shape ({len(rows)},), got {y.shape}")
+    if rows.dtype != np.uint8 and (rows.min() < 0 or rows.max() > 255):
+        raise ValueError("X must be raw pixel values 0..255 (the model preprocesses them itself), "
+                         f"got values in [{rows.min():g}, {rows.max():g}]")
+    predicted = np.concatenate([
+        np.asarray(model.pyfunc.predict(rows[start:start + PREDICT_CHUNK].astype(np.float32))).argmax(axis=1)
+        for start in range(0, len(rows), PREDICT_CHUNK)])
+    correct = predicted == y
+    names = list(label_names or model.label_names or [])
+    num_classes = max(len(names), int(y.max()) + 1)
+    names += [str(i) for i in range(len(names), num_classes)]
+    per_class = {names[c]: (float(correct[y == c].mean()) if np.any(y == c) else None)
+                 for c in range(num_classes)}
+    return {"model_uri": model.uri, "run_id": model.run_id, "test_accuracy": float(correct.mean()),
+            "num_test": int(len(rows)), "per_class": per_class}
+
+
+def score_on_test_set(model_uri: str, tracking_uri=None, data_dir=None, test_size=None) -> dict:
+    """Load the model, then the CIFAR-10 test set (its first `test_size` images), and score it
+    (see score_model for the result); what `python -m mlp_exp.evaluate` reports."""
+    from .. import data
+
+    if test_size is not None and test_size < 1:
+        raise UserError(f"--test-size must be >= 1, got {test_size}")
+    model = load_model(model_uri, tracking_uri)     # fail fast, before reading data
+    folder = data.ensure_cifar10(data_dir)
+    _, _, X_test, y_test = data.load_cifar10_uint8(folder)
+    if test_size is not None:
+        if test_size > len(X_test):
+            raise UserError(f"--test-size {test_size} exceeds the {len(X_test)} test images in {folder}")
+        X_test, y_test = X_test[:test_size], y_test[:test_size]
+    return score_model(model, X_test, y_test, label_names=data.load_label_names(folder))
