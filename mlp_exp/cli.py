@@ -4,7 +4,8 @@
 data, unreachable store) is printed as one line, `error: ...`, with exit code
 2 and no traceback; Ctrl-C exits 130 and SIGTERM 143, after the command has
 closed what it had open. Every command parses with `ArgumentParser`, whose
-usage errors are one line too.
+usage errors are one line too. No password in a store URL reaches the
+terminal: error lines and log records pass through urls.safe_url.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import textwrap
 
 from .errors import UserError, one_line
 from .interrupts import Terminated
+from .urls import safe_url
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
@@ -25,14 +27,28 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+class RedactPasswords(logging.Filter):
+    """A log record's message with every password in a URL shown as *** (urls.safe_url)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = safe_url(message)
+        if safe != message:
+            record.msg, record.args = safe, ()
+        return True
+
+
 def run(main, argv=None) -> int:
     """Call main(argv) and turn user errors and interrupts into one line and an exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactPasswords) for f in handler.filters):
+            handler.addFilter(RedactPasswords())
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return main(argv) or 0
     except UserError as err:
-        print(f"error: {one_line(err, None)}", file=sys.stderr)
+        print(f"error: {safe_url(one_line(err, None))}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated:
         return EXIT_TERMINATED
@@ -56,7 +72,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        print(f"error: {one_line(message, None)} (see --help)", file=sys.stderr)
+        print(f"error: {safe_url(one_line(message, None))} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 

@@ -12,6 +12,7 @@ preprocessing), so `TrainConfig()` means "what the notebook did".
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .optim import UPDATE_RULES
@@ -42,11 +43,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        # finite: an infinite rate, strength or spread makes every weight inf or nan in the first step
         for name in ("learning_rate", "init_std"):
-            if not _is_number(getattr(self, name)) or not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
-        if not _is_number(self.reg) or not self.reg >= 0:
-            raise ValueError(f"reg must be a number >= 0, got {self.reg!r}")
+            if not _is_finite(getattr(self, name)) or not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if not _is_finite(self.reg) or not self.reg >= 0:
+            raise ValueError(f"reg must be a finite number >= 0, got {self.reg!r}")
         if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not _is_number(self.lr_decay) or not 0 < self.lr_decay <= 1:
@@ -76,6 +78,10 @@ class TrainConfig:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
 
 
 def field_names() -> tuple[str, ...]:

@@ -1,19 +1,26 @@
-"""Score a logged model on the CIFAR-10 test set: `python -m mlp_exp.evaluate`.
+"""Score a logged model on the CIFAR-10 test set, and record it: `python -m mlp_exp.evaluate`.
 
     python -m mlp_exp.evaluate                       # the registered champion
     python -m mlp_exp.evaluate --model-uri models:/mlp-cifar10/3 --json
+    python -m mlp_exp.evaluate --no-log --predictions predictions.csv
 
 Loads the model through MLflow and scores it with the same function the
 search uses for its final test accuracy (tracking.score_model), so on the same
 test images `--json` reports exactly the `test_accuracy` the search logged.
+Unless --no-log, the evaluation is recorded on the model's run and registered
+version (tracking.evaluation.log_evaluation): test accuracy, per-class
+precision and recall, the confusion matrix, the test set, a version description.
 This module only parses arguments and prints.
 """
 from __future__ import annotations
 
+import csv
 import json
 import sys
 
-from . import cli, tracking
+from . import cli
+from .errors import UserError, one_line
+from .tracking.evaluation import CONFUSION_FIGURE, evaluate_on_test_set
 from .tracking.names import DEFAULT_MODEL_URI, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
 
@@ -35,8 +42,15 @@ def build_parser() -> cli.ArgumentParser:
                         help="score only the first N test images (default: all 10000); use the search's "
                              "test size to reproduce its logged test_accuracy")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (model_uri, run_id, test_accuracy, num_test, per_class) "
-                             "instead of a table")
+                        help="print one JSON object (model_uri, run_id, test_accuracy, num_test, per_class, "
+                             "model_version, logged) instead of a table")
+    parser.add_argument("--no-log", action="store_true",
+                        help="only print the score; by default the evaluation (test accuracy, per-class "
+                             "precision and recall, confusion matrix, the test set) is recorded on the "
+                             "model's run and, for models:/<name>@<alias> or /<version>, on that version")
+    parser.add_argument("--predictions", metavar="FILE", default=None,
+                        help="also write every test image's prediction to FILE, as CSV: index, true_label, "
+                             "label, class_name")
     return parser
 
 
@@ -47,12 +61,30 @@ def format_report(score: dict) -> str:
              "per class:"]
     for name, accuracy in score["per_class"].items():
         lines.append(f"  {name:<{width}}  {'-' if accuracy is None else f'{accuracy:.4f}'}")
+    if score.get("logged"):
+        name, _, number = (score.get("model_version") or "").rpartition("/")
+        version = f" and {name} version {number}" if name else ""
+        lines.append(f"logged on run {score['run_id']}{version}: metrics, {CONFUSION_FIGURE}, the test set")
     return "\n".join(lines)
+
+
+def write_predictions(path, predictions, y_true, label_names) -> None:
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(["index", "true_label", "label", "class_name"])
+            out.writerows([i, t, p, label_names[p]] for i, (t, p) in enumerate(zip(y_true, predictions)))
+    except OSError as err:
+        raise UserError(f"cannot write --predictions {path}: {one_line(err)}") from err
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    score = tracking.score_on_test_set(args.model_uri, args.tracking_uri, args.data_dir, args.test_size)
+    score = evaluate_on_test_set(args.model_uri, args.tracking_uri, args.data_dir, args.test_size,
+                                 log=not args.no_log, predictions=args.predictions is not None)
+    if args.predictions is not None:
+        predictions, y_true = score.pop("predictions"), score.pop("labels")
+        write_predictions(args.predictions, predictions, y_true, list(score["per_class"]))
     print(json.dumps(score) if args.json else format_report(score))
     return 0
 

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from . import cli, tracking
+from .errors import UserError, one_line
 from .study import load_study
 from .study.report import ARTIFACT_DIR, build_report, log_report, write_report
 from .study.settings import default
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
 
     matplotlib.use("Agg")
     args = build_parser().parse_args(argv)
+    out = Path(args.out or Path("reports") / args.study_name)
+    if out.exists() and not out.is_dir():       # before anything is read or logged
+        raise UserError(f"--out {out} is a file, not a folder; pass a folder for the report's files")
     logging.getLogger("optuna").setLevel(logging.WARNING)
     study = load_study(args.study_name, args.storage)
     tracker = tracking.Tracker(args.tracking_uri, experiment_name=args.study_name)
@@ -52,8 +56,10 @@ def main(argv=None) -> int:
         log.warning("no MLflow runs of study %r in %s: the table has no run ids", args.study_name,
                     tracker.tracking_uri)
     report = build_report(study, runs)
-    out = Path(args.out or Path("reports") / args.study_name)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create --out {out}: {one_line(err)}; pass a writable folder") from None
     with tempfile.TemporaryDirectory() as tmp:      # log exactly this report, not whatever --out holds
         paths = [Path(shutil.copy(path, out)) for path in write_report(report, tmp)]
         if args.log and parent is not None:

@@ -61,7 +61,8 @@ def build_parser():
     p.add_argument("--max-epochs", type=cli.positive_int, default=default("max_epochs"),
                    help="epochs of a trial that is never pruned (default %(default)s)")
     p.add_argument("--seed", type=int, default=default("seed"),
-                   help="seeds the sampler; trial n trains with seed SEED+n (default %(default)s)")
+                   help="seeds the sampler (a resumed study, or a further worker, derives its own seed "
+                        "from it); trial n trains with seed SEED+n (default %(default)s)")
     p.add_argument("--timeout", type=cli.positive_float, default=default("timeout"),
                    help="stop starting new trials after this many seconds; the running one finishes")
     p.add_argument("--model-name", default=default("model_name"),
@@ -81,8 +82,13 @@ def build_parser():
                    help="tpe (default) or random: plain random search, as a baseline")
     p.add_argument("--pruner", choices=PRUNERS, default=default("pruner"),
                    help="hyperband (default) stops poor trials early; none trains every trial fully")
+    p.add_argument("--allow-changed-settings", action="store_true",
+                   help="continue an existing study although --train-size, --val-size, --max-epochs, "
+                        "--fixed, --seed or the data differ from the ones it was created with (its trials "
+                        "then measure different things); without it such a run is refused")
     p.add_argument("--blas-threads", type=cli.positive_int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)   # spawned workers
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)    # ... and which one
     return p
 
 
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
         stop_with_parent(args.parent_pid)
     if settings.quiet:
         logging.getLogger("mlp_exp").setLevel(logging.WARNING)
-    session = open_session(settings)
+    session = open_session(settings, worker_index=args.worker_index)
     run_session(session, worker_argv=argv, spawned=spawned, blas_threads=args.blas_threads)
     return 0
 

@@ -46,20 +46,21 @@ def main(argv=None) -> int:
     server = UIServer(args.tracking_uri, args.host, args.port)
     if server.tracking_uri.startswith("sqlite:///") and \
             not Path(server.tracking_uri[len("sqlite:///"):].split("?", 1)[0]).is_file():
-        print(f"note: {server.tracking_uri} holds no runs yet; run `python -m mlp_exp.search` first",
+        print(f"note: {server.display_uri} holds no runs yet; run `python -m mlp_exp.search` first",
               file=sys.stderr)
-    server.start()
-    try:
-        print(f"MLflow UI: {server.url}  (store {server.tracking_uri}; Ctrl-C stops it)\n"
+    try:                    # start() inside: a Ctrl-C at any moment stops the server
+        server.start()
+        print(f"MLflow UI: {server.url}  (store {server.display_uri}; Ctrl-C stops it)\n"
               f"  studies, in the UI's 'Model training' view: {server.url}/#/experiments?"
               f"workflowType=machine_learning", flush=True)
         code = server.wait()
+        tail = server.log_tail(3)
     except KeyboardInterrupt:
         server.stop()
         print("MLflow UI stopped", file=sys.stderr, flush=True)
         raise
-    tail = server.log_tail(3)
-    server.stop()
+    finally:
+        server.stop()
     raise UserError(f"mlflow server exited with code {code}; its log ends: {one_line(tail, 300)}")
 
 

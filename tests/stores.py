@@ -11,7 +11,7 @@ The accounting rule a study must satisfy however it was interrupted:
 from __future__ import annotations
 
 import collections
-import math
+import hashlib
 import os
 import signal
 import subprocess
@@ -22,6 +22,75 @@ from pathlib import Path
 
 from helpers import cli_env, free_port, run_cli
 from mlp_exp.study import attrs
+
+
+def sqlite_tables(path) -> set | None:
+    """The table names of sqlite file `path`, read-only (None if there is no such file)."""
+    import sqlite3
+    if not Path(path).is_file():
+        return None
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        connection.close()
+
+
+def snapshot(root: Path, storage: str | None = None, tracking_uri: str | None = None) -> dict:
+    """Everything stored under root, as comparable values: the Optuna trials of every study, the
+    MLflow experiments, runs and registered models, the files, and each sqlite file's tables.
+    The stores default to root's studies/optuna.db and mlruns/mlflow.db; a store whose sqlite file
+    does not exist is None (reading it would create it)."""
+    import mlflow
+    import optuna
+    from mlflow.entities import ViewType
+
+    root = Path(root)
+    storage = storage or f"sqlite:///{root}/studies/optuna.db"
+    tracking_uri = tracking_uri or f"sqlite:///{root}/mlruns/mlflow.db"
+    trials = experiments = runs = models = None
+    if not storage.startswith("sqlite:///") or Path(storage[len("sqlite:///"):]).is_file():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            trials = {name: [(t.number, t.state.name, t.params, t.user_attrs, t.values, t.datetime_complete)
+                             for t in load_study(storage, name).get_trials()]
+                      for name in optuna.get_all_study_names(storage)}
+        except RuntimeError as err:         # a schema this Optuna refuses to read: compare the bytes
+            if "table schema" not in str(err):
+                raise
+            trials = hashlib.sha256(Path(storage[len("sqlite:///"):]).read_bytes()).hexdigest()
+    if not tracking_uri.startswith("sqlite:///") or Path(tracking_uri[len("sqlite:///"):]).is_file():
+        client = mlflow.MlflowClient(tracking_uri)
+        found = client.search_experiments(view_type=ViewType.ALL)
+        experiments = [(e.experiment_id, e.name, e.lifecycle_stage) for e in found]
+        runs = sorted((r.info.run_id, r.info.status, r.info.end_time, sorted(r.data.tags.items()),
+                       sorted(r.data.params.items()), sorted(r.data.metrics.items()))
+                      for r in client.search_runs([e.experiment_id for e in found], run_view_type=ViewType.ALL,
+                                                  max_results=1000))
+        models = [(m.name, sorted(m.aliases or {})) for m in client.search_registered_models()]
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+                   and not p.name.endswith(("-wal", "-shm", ".lock")))
+    tables = {name: sorted(sqlite_tables(root / name)) for name in files if name.endswith(".db")}
+    return {"trials": trials, "experiments": experiments, "runs": runs, "models": models, "files": files,
+            "tables": tables}
+
+
+def running(snap: dict) -> list:
+    """What a snapshot holds RUNNING: Optuna trials and MLflow runs."""
+    left = [(study, t[0]) for study, trials in (snap["trials"] or {}).items() for t in trials if t[1] == "RUNNING"]
+    return left + [run[0] for run in snap["runs"] or [] if run[1] == "RUNNING"]
+
+
+def assert_one_line_error(result, *expected, code=2):
+    """The command failed with exit `code` and said why in one line, `error: ...`, holding each of `expected`."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
 
 STUDY = "cifar10-mlp"
 TINY = ("--train-size", "200", "--val-size", "50", "--test-size", "50", "--max-epochs", "2",
@@ -46,11 +115,21 @@ def run_search(*args, cwd, timeout=600) -> subprocess.CompletedProcess:
     return run_cli("mlp_exp.search", *args, cwd=cwd, timeout=timeout)
 
 
-def start_search(*args, cwd, log_name="worker") -> subprocess.Popen:
-    """A search in the background, its output in files under cwd (no pipe to fill up)."""
+def start_search(*args, cwd, log_name="worker", **env) -> subprocess.Popen:
+    """A search in the background (cli_env plus `env`), its output in files under cwd (no pipe to fill up)."""
     out = open(Path(cwd) / f"{log_name}.out", "w")
     err = open(Path(cwd) / f"{log_name}.err", "w")
-    return subprocess.Popen(search_cmd(*args), cwd=cwd, env=cli_env(), stdout=out, stderr=err)
+    return subprocess.Popen(search_cmd(*args), cwd=cwd, env=cli_env(**env), stdout=out, stderr=err)
+
+
+def held_trials(hold_dir) -> dict:
+    """{trial number: pid} of the trials mlp_exp.hold holds in `hold_dir` (start the search with
+    MLP_EXP_HOLD_DIR=hold_dir): each has logged and reported its first epoch and waits there."""
+    return {int(p.name.split("-", 1)[1]): int(p.read_text() or 0) for p in Path(hold_dir).glob("held-*")}
+
+
+def release_held_trials(hold_dir) -> None:
+    (Path(hold_dir) / "release").touch()
 
 
 def stderr_of(cwd, log_name="worker") -> str:
@@ -90,29 +169,6 @@ def wait_for(predicate, timeout: float, what: str, poll=0.2):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(poll)
-
-
-def running_trial_with_epochs(storage: str, min_epochs=1, min_number=1, study: str = STUDY, max_epochs=None):
-    """A RUNNING trial (number >= min_number: trial 0 is the short baseline) that has a run
-    and has reported `min_epochs` epochs (and at most `max_epochs`), or None."""
-    from optuna.trial import TrialState
-    try:
-        # opening a storage takes ~70 ms, reading it ~1: polls reuse it, to see trials of tiny epochs
-        loaded = _polled.get((storage, study))
-        if loaded is None:
-            loaded = _polled[storage, study] = load_study(storage, study)
-        running = loaded.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    except Exception:       # not created yet, or the database restarted under the open storage
-        _polled.pop((storage, study), None)
-        return None
-    for t in running:
-        if t.number >= min_number and attrs.MLFLOW_RUN_ID in t.user_attrs \
-                and min_epochs <= len(t.intermediate_values) <= (max_epochs or math.inf):
-            return t
-    return None
-
-
-_polled: dict = {}          # (storage, study) -> the study running_trial_with_epochs reads
 
 
 def account(storage: str, tracking_uri: str, target: int, study: str = STUDY) -> dict:

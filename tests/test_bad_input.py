@@ -4,14 +4,12 @@ A small study (run with --no-finalize, so no champion exists yet) sits in a fold
 the real CLI against it and compares a snapshot of everything stored before and after: the Optuna
 trials, the MLflow experiments, runs, registered models, and the files in the folder.
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from fake_cifar import write_fake_cifar10
 from helpers import free_port, run_cli
-from stores import TINY, load_study, run_search
+from stores import TINY, assert_one_line_error, load_study, run_search, snapshot
 from mlp_exp.study import attrs
 
 TRACKING = "sqlite:///mlruns/mlflow.db"
@@ -31,38 +29,6 @@ def study_dir(tmp_path_factory):
     result = run_search("--trials", "2", *TINY, "--no-finalize", cwd=root)
     assert result.returncode == 0, result.stderr
     return root
-
-
-def snapshot(root: Path) -> dict:
-    """Everything stored under root, as comparable values."""
-    import mlflow
-    from mlflow.entities import ViewType
-
-    study = load_study(f"sqlite:///{root}/studies/optuna.db")
-    trials = [(t.number, t.state.name, t.params, t.user_attrs, t.values, t.datetime_complete)
-              for t in study.get_trials()]
-    client = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
-    experiments = client.search_experiments(view_type=ViewType.ALL)
-    runs = client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL,
-                              max_results=1000)
-    models = [(m.name, sorted(m.aliases or {})) for m in client.search_registered_models()]
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
-                   and not p.name.endswith(("-wal", "-shm", ".lock")))
-    return {"trials": trials, "experiments": [(e.experiment_id, e.name, e.lifecycle_stage) for e in experiments],
-            "runs": sorted((r.info.run_id, r.info.status, r.info.end_time, sorted(r.data.tags.items()),
-                            sorted(r.data.params.items()), sorted(r.data.metrics.items())) for r in runs),
-            "models": models, "files": files}
-
-
-def assert_one_line_error(result, *expected):
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 CLOSED_PORT = free_port()       # nothing listens there

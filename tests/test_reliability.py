@@ -11,14 +11,14 @@ import time
 import pytest
 
 from fake_cifar import write_fake_cifar10
-from stores import TINY, account, load_study, run_search, running_trial_with_epochs, start_search, \
+from stores import TINY, account, held_trials, load_study, run_search, start_search, \
     stderr_of, tiny_settings, trial_runs, wait_for
 from mlp_exp.study import attrs
 
 STORAGE = "sqlite:///studies/optuna.db"
 TRACKING = "sqlite:///mlruns/mlflow.db"
-# long enough trials (up to 30 epochs) that a signal lands mid-trial; heartbeat 1 s: stale after 2 s
-LONG = (*TINY, "--max-epochs", "30", "--heartbeat", "1")
+# trials of more than one epoch, so a held trial is mid-trial; heartbeat 1 s: stale after 2 s
+LONG = (*TINY, "--max-epochs", "4", "--heartbeat", "1")
 
 
 @pytest.fixture
@@ -32,15 +32,17 @@ def uris(root):
 
 
 def interrupt_mid_trial(root, sig, *args):
-    """Start a search, send `sig` once a trial after the baseline has trained an epoch, and no more than
-    half of its 30 (a trial that has finished training is saved before Ctrl-C stops the search);
-    return (process, trial)."""
+    """Start a search, send `sig` once a trial after the baseline has trained an epoch (mlp_exp.hold
+    holds it there, so no timing decides what the signal hits); return (process, trial)."""
     storage, _ = uris(root)
-    process = start_search(*args, cwd=root)
+    hold_dir = root / f"hold-{time.monotonic_ns()}"
+    hold_dir.mkdir()
+    process = start_search(*args, cwd=root, MLP_EXP_HOLD_DIR=str(hold_dir))
     try:
-        trial = wait_for(lambda: running_trial_with_epochs(storage, max_epochs=15) if process.poll() is None
-                         else "exited", 180, "a trial in progress", poll=0.05)
-        assert trial != "exited", stderr_of(root)
+        held = wait_for(lambda: held_trials(hold_dir) if process.poll() is None else "exited", 180,
+                        "a trial held at its first epoch", poll=0.05)
+        assert held != "exited", stderr_of(root)
+        trial = next(t for t in load_study(storage).get_trials() if t.number == min(held))
         os.kill(process.pid, sig)
         process.wait(120)
     finally:

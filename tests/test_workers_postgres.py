@@ -12,7 +12,7 @@ import pytest
 
 from fake_cifar import write_fake_cifar10
 from pg import PostgresCluster
-from stores import TINY, MlflowServer, account, load_study, run_search, running_trial_with_epochs, \
+from stores import TINY, MlflowServer, account, held_trials, load_study, release_held_trials, run_search, \
     start_search, stderr_of, trial_runs, wait_for
 from mlp_exp.study import attrs
 
@@ -42,8 +42,8 @@ def study_args(pg, server, name, trials, *extra):
             "--storage", pg.url, "--tracking-uri", server.url, *TINY, *extra)
 
 
-def start_workers(args, cwd, count=3):
-    return [start_search(*args, cwd=cwd, log_name=f"worker{i}") for i in range(count)]
+def start_workers(args, cwd, count=3, **env):
+    return [start_search(*args, cwd=cwd, log_name=f"worker{i}", **env) for i in range(count)]
 
 
 def check_one_champion(server, name, storage):
@@ -75,21 +75,23 @@ def test_three_workers_share_one_study(servers, workdir):
 def test_kill_9_of_a_worker_and_a_database_restart_lose_nothing(servers, workdir):
     pg, server = servers
     name, trials = "faults", 24
-    # longer trials (up to 6 epochs) so the kill lands mid-trial; heartbeat 1 s: stale after 2 s
+    # trials of several epochs, each worker's held at its first (mlp_exp.hold); heartbeat 1 s: stale after 2 s
     args = study_args(pg, server, name, trials, "--max-epochs", "6", "--heartbeat", "1")
-    workers = start_workers(args, workdir)
+    hold_dir = workdir / "hold"
+    hold_dir.mkdir()
+    workers = start_workers(args, workdir, MLP_EXP_HOLD_DIR=str(hold_dir))
     try:
-        victim = wait_for(lambda: running_trial_with_epochs(pg.url, study=name), 180, "a trial in progress",
-                          poll=0.05)
-        pid = int(victim.user_attrs[attrs.WORKER].rsplit(":", 1)[1])
+        held = wait_for(lambda: len(held_trials(hold_dir)) == len(workers) and held_trials(hold_dir), 180,
+                        "every worker to hold a trial", poll=0.05)
+        victim = next(t for t in load_study(pg.url, name).get_trials() if t.number == min(held))
+        pid = held[victim.number]
         assert pid in [w.pid for w in workers]
         os.kill(pid, signal.SIGKILL)
 
-        wait_for(lambda: running_trial_with_epochs(pg.url, study=name, min_number=victim.number + 1), 120,
-                 "the others to carry on")
         pg.stop("fast")                      # the database goes away under running trials ...
         time.sleep(4)                        # longer than the heartbeat grace period
         pg.start()                           # ... and comes back on the same port
+        release_held_trials(hold_dir)
         for w in workers:
             w.wait(600)
     finally:

@@ -1,4 +1,4 @@
-"""The keys of what a trial records about itself in Optuna's storage (user attrs), defined once.
+"""The keys of what a trial, or a study, records about itself in Optuna's storage (user attrs), defined once.
 
 The report, the benchmarks and the tests read trials by these keys; existing
 study databases hold them, so renaming one breaks reading old studies.
@@ -12,6 +12,11 @@ DIVERGED_AT_EPOCH = "diverged_at_epoch"  # the epoch whose loss became non-finit
 SURPLUS = "surplus"                    # started after the target was covered; trained nothing
 RETRY_OF = "retry_of"                  # on a retry: the number of the trial it repeats
 RETRY_REASON = "retry_reason"          # on a retry: why the first attempt stopped
+TRACEBACK = "traceback"                # on a trial that raised: its traceback (the terminal gets one line)
+
+# The study's own user attrs
+DEFINING_SETTINGS = "defining_settings"  # settings.defining_settings() when it was created: what its trials measure
+SETTINGS_CHANGES = "settings_changes"    # each run continued with --allow-changed-settings: {setting: [old, new], at_trial}
 
 # Optuna's own system attrs on a retried trial (written by RetryHeartbeatStaleTrialCallback)
 FAILED_TRIAL = "failed_trial"          # the first attempt's number

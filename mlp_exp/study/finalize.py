@@ -5,11 +5,17 @@ from optuna.trial import TrialState
 
 from ..tracking.names import CHAMPION_ALIAS
 from . import attrs
-from .settings import StudySettings
+from .settings import StudySettings, data_fingerprint, promotion_basis
 
 
 def finalize(study, settings: StudySettings, tracker, data, out=print):
-    """Promote the best trial; if it became champion, score it on the test set once."""
+    """Promote the best trial; if it became champion, score it on the test set once.
+
+    Like for like: against a champion validated on the same images (promotion_basis: the same
+    train and validation sizes and data), the higher val accuracy wins; against one validated on
+    other images the two val accuracies measure different things, so both models are scored on this
+    study's test images and the higher test accuracy wins (a tie keeps the champion).
+    """
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.value is not None and t.user_attrs.get(attrs.HAS_MODEL)]
     if not complete:
@@ -17,15 +23,28 @@ def finalize(study, settings: StudySettings, tracker, data, out=print):
         return None
     best = max(complete, key=lambda t: (t.value, -t.number))
     run_id = best.user_attrs[attrs.MLFLOW_RUN_ID]
-    promotion = tracker.promote(settings.model_name, run_id, best.value)
+    tested = {}                             # version -> test accuracy, when the test set decided
+
+    def score(model_uri):
+        return tracker.score_model(model_uri, data.X_test, data.y_test)["test_accuracy"]
+
+    def verdict(champion, model_uri) -> bool:
+        version = model_uri.rsplit("/", 1)[1]
+        tested.update({version: score(model_uri), champion.version: score(champion.model_uri)})
+        return tested[version] > tested[champion.version]
+
+    promotion = tracker.promote(settings.model_name, run_id, best.value,
+                                basis=promotion_basis(settings, data_fingerprint(data)), verdict=verdict)
     summary = {"study": settings.study_name, "best_trial": best.number, "run_id": run_id,
                "val_accuracy": best.value, "config": best.user_attrs.get(attrs.CONFIG, best.params),
-               "model_version": promotion.version, "champion": promotion.became_champion}
+               "model_version": promotion.version, "champion": promotion.became_champion,
+               "test_verdict": tested, "num_test": len(data.y_test)}
     if promotion.became_champion:
-        scored = tracker.score_model(f"models:/{settings.model_name}@{CHAMPION_ALIAS}",
-                                     data.X_test, data.y_test)
-        tracker.log_test_accuracy(run_id, scored["test_accuracy"], scored["num_test"])
-        summary["test_accuracy"] = scored["test_accuracy"]
+        test_accuracy = tested.get(promotion.version)       # scored once: by the verdict, or now
+        if test_accuracy is None:
+            test_accuracy = score(f"models:/{settings.model_name}@{CHAMPION_ALIAS}")
+        tracker.log_test_accuracy(run_id, test_accuracy, len(data.y_test))
+        summary["test_accuracy"] = test_accuracy
     out(format_summary(summary, promotion, settings, tracker))
     return summary
 
@@ -37,14 +56,23 @@ def format_summary(summary, promotion, settings, tracker) -> str:
     lines.append("  params: " + ", ".join(f"{k}={_fmt(config[k])}" for k in (
         "hidden_size", "learning_rate", "reg", "momentum", "lr_decay", "num_epochs",
         "batch_size", "preprocessing", "flip") if k in config))
+    verdict = summary["test_verdict"]
+    if verdict:
+        ours, theirs = verdict[promotion.version], next(v for k, v in verdict.items() if k != promotion.version)
+        lines.append(f"  the champion was validated on other images, so val accuracies were not compared: on this "
+                     f"study's {summary['num_test']} test images version {promotion.version} scored {ours:.4f}, "
+                     f"the champion {theirs:.4f}")
     if summary["champion"]:
         lines.append(f"  promoted: {settings.model_name} version {promotion.version} is now @champion; "
                      f"test accuracy {summary['test_accuracy']:.4f} (spec notebook: 0.525)")
+    elif verdict:
+        lines.append(f"  champion unchanged: version {promotion.champion.version} of {settings.model_name} "
+                     "scored as well or better on the test images")
     else:
         lines.append(f"  champion unchanged: version {promotion.champion.version} of "
                      f"{settings.model_name} has val accuracy {promotion.champion.val_accuracy:.4f} "
                      f">= {summary['val_accuracy']:.4f}")
-    lines.append(f"  look: mlflow ui --backend-store-uri {tracker.tracking_uri}  |  "
+    lines.append(f"  look: mlflow ui --backend-store-uri {tracker.display_uri}  |  "
                  f"python -m mlp_exp.evaluate --model-uri models:/{settings.model_name}@champion")
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import socket
+import traceback
 
 import optuna
 from optuna.trial import TrialState
@@ -17,6 +18,7 @@ from optuna.trial import TrialState
 from .. import diagnosis
 from ..config import TrainConfig
 from ..errors import UserError, one_line
+from ..hold import hold_trial
 from ..interrupts import Interrupts
 from ..trainer import StopTraining, mirror_rows, train
 from ..tracking.names import DIVERGED_TAG, ERROR_TAG, PRUNED_AT_TAG, STOP_REASON_TAG, WORKER_TAG
@@ -31,6 +33,7 @@ from .trials import FINISHED
 log = logging.getLogger("mlp_exp.study")
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"     # which process ran a trial (user attr, run tag)
+TRACEBACK_CHARS = 8000      # the end of a failed trial's traceback kept on it: where it was raised
 
 
 class Surplus(Exception):
@@ -54,6 +57,8 @@ class Objective:
         self.extra_callbacks = list(extra_callbacks)
         self.interrupts = interrupts or Interrupts()
         self.current = None
+        self.failures_in_a_row = 0          # trials of this worker that raised since the last one that did not
+        self.last_failure = None            # "trial N: Type: message" of the last of them
         self._mirrored_train = None         # mirror_rows(data.X_train), built by the first flipping trial
 
     def mirrored_train(self):
@@ -65,13 +70,29 @@ class Objective:
     def __call__(self, trial):
         self.current = (trial.number, None)
         try:
-            return self._run(trial)
-        except (optuna.TrialPruned, Surplus, StorageLost, optuna.exceptions.UpdateFinishedTrialError):
-            raise                           # expected, or reported where they end the worker
-        except Exception as err:            # Optuna records it as FAIL and the study goes on
-            log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, one_line(err),
-                        exc_info=not isinstance(err, UserError))
+            value = self._run(trial)
+        except optuna.TrialPruned:
+            self.failures_in_a_row = 0
             raise
+        except (Surplus, StorageLost, optuna.exceptions.UpdateFinishedTrialError):
+            raise                           # expected, or reported where they end the worker: not failures
+        except Exception as err:            # Optuna records it as FAIL; run_worker stops after a few in a row
+            self._failed(trial, err)
+            raise
+        self.failures_in_a_row = 0
+        return value
+
+    def _failed(self, trial, err) -> None:
+        """Count a failed trial and say so in one line; its traceback goes to the trial (attrs.TRACEBACK),
+        not the terminal, where a trial failing every time would print one per trial."""
+        self.failures_in_a_row += 1
+        self.last_failure = f"trial {trial.number}: {type(err).__name__}: {one_line(err, 300)}"
+        log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, one_line(err))
+        if not isinstance(err, UserError):
+            try:
+                trial.set_user_attr(attrs.TRACEBACK, "".join(traceback.format_exception(err))[-TRACEBACK_CHARS:])
+            except Exception as store_err:      # the failure, not this, is what the trial records
+                log.debug("could not record the traceback of trial %d: %s", trial.number, one_line(store_err))
 
     def _run(self, trial):
         study, settings = trial.study, self.settings
@@ -106,13 +127,15 @@ class Objective:
         study = trial.study
 
         def prune(stats):
-            trial.report(stats.val_accuracy, stats.epoch)
             if prunable_epoch(stats.epoch, config.num_epochs) and trial.should_prune():
                 raise StopTraining(f"pruned at epoch {stats.epoch}: validation accuracy "
                                    f"{stats.val_accuracy:.4f} below the pruner's cut")
 
         def after_epoch(stats):
-            for callback in (run.log_epoch, prune, *self.extra_callbacks):
+            run.log_epoch(stats)
+            trial.report(stats.val_accuracy, stats.epoch)
+            hold_trial(trial.number, stats.epoch, self.interrupts.check)     # tests only: see hold.py
+            for callback in (prune, *self.extra_callbacks):
                 callback(stats)
 
         with self.interrupts.interruptible():

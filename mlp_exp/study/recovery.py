@@ -71,10 +71,15 @@ def close_run(run, status: str, tags: dict | None = None) -> None:
         run.tracker.end_run(run.run_id, status, tags)
 
 
-def stale_trial_handler(tracker):
+def stale_trial_handler(tracker=None):
     """The storage's callback for a trial whose heartbeat stopped (kill -9, lost machine, cut network):
-    Optuna has failed it; close its MLflow run FAILED and queue its configuration again."""
+    Optuna has failed it; close its MLflow run FAILED and queue its configuration again.
+
+    `on_stale.tracker` may be set later: open_session opens the storage (to check the study) before it
+    opens the MLflow store, and no trial can go stale before a trial runs.
+    """
     def on_stale(study, failed_trial):
+        tracker = on_stale.tracker
         try:
             run_ids = {failed_trial.user_attrs.get(attrs.MLFLOW_RUN_ID)} - {None}
             if tracker.study_name is not None:   # also a run created just before the worker died
@@ -88,6 +93,7 @@ def stale_trial_handler(tracker):
         retry(study, failed_trial, "stopped sending heartbeats")
         log.warning("trial %d: its worker stopped sending heartbeats; failed it and queued its "
                     "configuration again", failed_trial.number)
+    on_stale.tracker = tracker
     return on_stale
 
 

@@ -18,7 +18,7 @@ import optuna
 
 from .. import data as data_module
 from .. import tracking
-from ..errors import one_line
+from ..errors import UserError, one_line
 from ..interrupts import Interrupts, Terminated
 from ..progress import StudyProgress
 from . import attrs
@@ -26,38 +26,93 @@ from .finalize import finalize
 from .objective import Objective
 from .recovery import stale_trial_handler
 from .report import log_study_report
-from .settings import StudySettings, logged_params
+from .settings import (StudySettings, as_flags, check_storage_persists, data_fingerprint, defining_settings,
+                       differences, logged_params)
 from .space import SEARCH_SPACE
-from .storage import open_storage
+from .storage import check_storage, open_storage, safe_url
 from .strategy import make_pruner, make_sampler
 from .trials import counts
-from .workers import run_worker, spawn_workers, strip_flag, wait_for_workers
+from .workers import TrialsKeepFailing, run_worker, spawn_workers, strip_flag, wait_for_workers
 
 log = logging.getLogger("mlp_exp.study")
 
 BASELINE_REASON = "spec notebook's best grid configuration"
 
 
-def make_study(settings: StudySettings, tracker, storage=None):
+def make_study(settings: StudySettings, tracker, storage=None, *, data_id: str | None = None,
+               worker_index: int = 0):
     """(study, description): create the study, or load it when it exists; only its creator queues
-    the baseline trial. `description` says which sampler and pruner it runs with, for the parent run."""
+    the baseline trial. `description` says which sampler and pruner it runs with, for the parent run.
+
+    A new study records its defining settings (settings.defining_settings, with `data_id`, the
+    data's fingerprint); an existing one must match them (refuse_incompatible). The sampler is
+    seeded for this process (strategy.sampler_seed: the trials already there, `worker_index`).
+    """
     if storage is None:
         storage = open_storage(settings.storage, settings.heartbeat, stale_trial_handler(tracker))
-    sampler, sampler_description = make_sampler(settings)
     pruner, pruner_description = make_pruner(settings)
+    changed = {}
     try:
-        study = optuna.create_study(study_name=settings.study_name, storage=storage, sampler=sampler,
-                                    pruner=pruner, direction="maximize")
+        study = optuna.create_study(study_name=settings.study_name, storage=storage, pruner=pruner,
+                                    direction="maximize")
         created = True
     except optuna.exceptions.DuplicatedStudyError:      # resuming, or a peer created it first
-        study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=sampler,
-                                  pruner=pruner)
+        study = optuna.load_study(study_name=settings.study_name, storage=storage, pruner=pruner)
+        changed = refuse_incompatible(study, settings, data_id)
         created = not study.get_trials(deepcopy=False)     # its creator died before queuing
+    trials_before = len(study.get_trials(deepcopy=False))
+    study.sampler, sampler_description = make_sampler(settings, trials_before, worker_index)
+    record_settings(study, settings, data_id, changed if worker_index == 0 else {})   # spawned: the parent did
     if created:
         study.enqueue_trial({}, user_attrs={attrs.BASELINE: BASELINE_REASON}, skip_if_exists=True)
     description = {"sampler": sampler_description, "pruner": pruner_description,
                    "search_space": ";".join(f"{k}={v}" for k, v in SEARCH_SPACE.items())}
     return study, description
+
+
+def existing_study(settings: StudySettings, storage):
+    """The study named settings.study_name in `storage`, or None; reads only."""
+    try:
+        return optuna.load_study(study_name=settings.study_name, storage=storage)
+    except KeyError:
+        return None
+
+
+def refuse_incompatible(study, settings: StudySettings, data_id: str | None = None) -> dict:
+    """Check an existing study against this run before it adds a trial: a UserError if the study does
+    not maximize one value, or (unless --allow-changed-settings) if it was created with other
+    defining settings. Returns the differences allowed, {name: (recorded, current)}."""
+    if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        what = (f"has {len(study.directions)} objectives" if len(study.directions) > 1
+                else "minimizes its objective")
+        raise UserError(f"study {settings.study_name!r} in {safe_url(settings.storage)} {what}; this search "
+                        "maximizes one value, validation accuracy: pass --study-name NEW for a new study")
+    recorded = study.user_attrs.get(attrs.DEFINING_SETTINGS)
+    changed = differences(recorded or {}, defining_settings(settings, data_id))
+    if changed and not settings.allow_changed_settings:
+        was, now = (" and ".join(as_flags(name, pair[i]) for name, pair in changed.items()) for i in (0, 1))
+        if "data" in changed:
+            now += " (data: a fingerprint of the training and validation images in --data-dir)"
+        raise UserError(f"study {settings.study_name!r} was created with {was}, this run has {now}: its trials "
+                        "would not be comparable with the study's; pass --study-name NEW to start a new study, "
+                        "or --allow-changed-settings to continue this one on purpose")
+    return changed
+
+
+def record_settings(study, settings: StudySettings, data_id: str | None, changed: dict) -> None:
+    """Record the study's defining settings if it has none (new, or created before they were
+    recorded), or the data if they lack it; and a change --allow-changed-settings let through."""
+    recorded = study.user_attrs.get(attrs.DEFINING_SETTINGS)
+    current = defining_settings(settings, data_id)
+    if recorded is None or ("data" in current and "data" not in recorded):
+        study.set_user_attr(attrs.DEFINING_SETTINGS, {**current, **(recorded or {})})
+    if changed:
+        log.warning("continuing study %r with %s, not %s as it was created (--allow-changed-settings)",
+                    settings.study_name, " and ".join(as_flags(k, new) for k, (_, new) in changed.items()),
+                    " and ".join(as_flags(k, old) for k, (old, _) in changed.items()))
+        change = {name: [old, new] for name, (old, new) in changed.items()}
+        history = study.user_attrs.get(attrs.SETTINGS_CHANGES, [])
+        study.set_user_attr(attrs.SETTINGS_CHANGES, [*history, {**change, "at_trial": len(study.get_trials())}])
 
 
 @dataclass
@@ -71,22 +126,34 @@ class StudySession:
     interrupts: Interrupts
 
 
-def open_session(settings: StudySettings, *, parent_run: bool = True) -> StudySession:
+def open_session(settings: StudySettings, *, parent_run: bool = True, worker_index: int = 0) -> StudySession:
     """Open the stores, load the data and the study, and reopen (or create) the parent run.
 
     Everything that can fail on user input fails here, before any trial starts,
-    and before anything is written to a store that already exists.
+    and before anything is written to a store that already exists: an existing
+    study is checked against this run's settings and data (refuse_incompatible)
+    before the Tracker opens the MLflow store (which may create the experiment).
+    `worker_index`: 0, or which spawned worker of --workers this is.
     """
+    # every name and both stores first: nothing is made in either store until all are known good
+    tracking.check_names(settings.study_name, settings.model_name)
+    check_storage(settings.storage)
+    tracking.check_store(settings.tracking_uri)
+    check_storage_persists(settings.storage)
     # Optuna would log every failed trial with a traceback; the objective logs them in one line.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
     interrupts = Interrupts()
-    storage = open_storage(settings.storage, settings.heartbeat, stale_trial_handler(tracker),
-                           sleep=interrupts.sleep)
+    on_stale = stale_trial_handler()        # the tracker is set below: no trial can go stale before
+    storage = open_storage(settings.storage, settings.heartbeat, on_stale, sleep=interrupts.sleep)
     split = data_module.load_raw_split(settings.data_dir, train_size=settings.train_size,
                                        val_size=settings.val_size, test_size=settings.test_size,
                                        progress=not settings.quiet)
-    study, description = make_study(settings, tracker, storage)
+    data_id = data_fingerprint(split)
+    found = existing_study(settings, storage)
+    if found is not None:
+        refuse_incompatible(found, settings, data_id)
+    tracker = on_stale.tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
+    study, description = make_study(settings, tracker, storage, data_id=data_id, worker_index=worker_index)
     if parent_run:
         tracker.study_run(settings.study_name, logged_params(settings, description))
     return StudySession(settings, tracker, storage, split, study, interrupts)
@@ -127,6 +194,14 @@ def run_session(session: StudySession, *, worker_argv=None, spawned: bool = Fals
     try:
         with session.interrupts, display:
             outcome = run_worker(study, objective, settings, progress=display)
+    except TrialsKeepFailing:
+        # the trials' runs are closed FAILED; stop the spawned workers (theirs fail alike) and the study's run
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        wait_for_workers(workers)
+        if not spawned:
+            close_study_run(tracker, "FAILED")
+        raise
     except KeyboardInterrupt as interrupt:
         # the objective has closed the trial's run KILLED and queued its configuration again
         terminated = isinstance(interrupt, Terminated)
@@ -134,10 +209,7 @@ def run_session(session: StudySession, *, worker_argv=None, spawned: bool = Fals
             worker.send_signal(signal.SIGTERM if terminated else signal.SIGINT)
         wait_for_workers(workers)
         if not spawned:
-            try:
-                tracker.end_study("KILLED")
-            except Exception as err:        # the interrupt, not this, decides how the command ends
-                log.warning("could not close the study's MLflow run: %s", one_line(err))
+            close_study_run(tracker, "KILLED")
             c = counts(study)
             print(f"{'terminated' if terminated else 'interrupted'}: study {settings.study_name!r} "
                   f"saved with {c['finished']} of {settings.trials} trials finished; run the same "
@@ -153,3 +225,11 @@ def run_session(session: StudySession, *, worker_argv=None, spawned: bool = Fals
         log_study_report(study, tracker, quiet=settings.quiet)
     tracker.end_study()
     return outcome
+
+
+def close_study_run(tracker, status: str) -> None:
+    """Close the study's parent run `status` on the way out of a stopped search."""
+    try:
+        tracker.end_study(status)
+    except Exception as err:        # what stopped the search, not this, decides how the command ends
+        log.warning("could not close the study's MLflow run: %s", one_line(err))

@@ -5,7 +5,11 @@ plain values (optuna-examples' good pattern); below it nothing knows Optuna.
 """
 from __future__ import annotations
 
-from ..config import TrainConfig, field_names, parse_value
+import math
+import os
+
+from ..config import IMAGE_SHAPE, TrainConfig, field_names, parse_value
+from ..data import DEFAULT_LABEL_NAMES
 from ..errors import UserError
 from . import attrs
 from .settings import StudySettings
@@ -90,4 +94,28 @@ def parse_fixed(pairs) -> dict:
         TrainConfig(**{**STUDY_DEFAULTS, **fixed})
     except ValueError as err:
         raise UserError(f"--fixed: {err}") from None
+    if "hidden_size" in fixed:
+        check_weights_fit(fixed["hidden_size"])
     return fixed
+
+
+def check_weights_fit(hidden_size: int, memory_bytes: int | None = None) -> None:
+    """A UserError for a hidden size whose float32 weights alone exceed the machine's memory (default:
+    physical memory): every trial would fail with MemoryError. Training needs several times this
+    (gradients, momentum, the best weights), so passing is no promise; failing is certain."""
+    memory_bytes = memory_bytes or physical_memory()
+    inputs, classes = math.prod(IMAGE_SHAPE), len(DEFAULT_LABEL_NAMES)
+    needed = 4 * (inputs * hidden_size + hidden_size + hidden_size * classes + classes)   # W1 b1 W2 b2
+    if memory_bytes and needed > memory_bytes:
+        raise UserError(f"--fixed hidden_size={hidden_size}: the weights alone need {needed / 2**30:.1f} GiB "
+                        f"(float32), more than this machine's {memory_bytes / 2**30:.1f} GiB of memory; "
+                        "choose a smaller hidden_size (the search space tops out at "
+                        f"{SEARCH_SPACE['hidden_size'][2]})")
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the OS does not say (then nothing is checked)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

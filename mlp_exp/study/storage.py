@@ -1,7 +1,8 @@
 """Optuna's RDB storage, made patient: it rides out database restarts, network blips and busy locks.
 
 `open_storage` is the one way the product opens a study's storage: it checks
-the URL and that the database answers (a UserError if not), turns on
+the URL, that a sqlite file is Optuna's (`check_storage`: not MLflow's, not a
+folder, writable) and that the database answers (a UserError if not), turns on
 heartbeats so a trial whose process died is failed and retried, and returns
 a `PatientRDBStorage`. Private Optuna API it needs lives in _optuna_private.
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 import optuna
 
 from ..errors import UserError, first_line
+from ..local_db import check_sqlite_store
+from ..urls import postgresql_driver, safe_url   # noqa: F401  (safe_url: settings imports it from here)
 from . import _optuna_private
 
 log = logging.getLogger("mlp_exp.study")
@@ -160,35 +163,35 @@ for _name in session_methods():
     setattr(PatientRDBStorage, _name, _make_patient(_name))
 
 
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+def check_storage(url: str, write: bool = True) -> None:
+    """A one-line UserError, before Optuna opens (and adds its tables to) a sqlite file, when the file
+    is a folder, no database, MLflow's or neither tool's, or (write=True) cannot be written."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        if path not in ("", ":memory:"):
+            check_sqlite_store(Path(path), url, "Optuna", flag="--storage", example="sqlite:///<folder>/optuna.db",
+                               write=write)
 
 
-def postgresql_driver(url: str) -> str:
-    """postgresql://... names no driver and SQLAlchemy 2.1 then wants psycopg 3: use psycopg2
-    (what the project installs) unless psycopg 3 is there."""
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-    if importlib.util.find_spec("psycopg") is not None:
-        return url
-    return "postgresql+psycopg2://" + url[len("postgresql://"):]
+def schema_message(url: str, err: Exception) -> str:
+    """What to do about a storage whose schema this Optuna does not run on (Optuna's RuntimeError)."""
+    if "storage upgrade" in str(err):
+        return (f"the Optuna storage {safe_url(url)} was made by another Optuna version than this one "
+                f"({optuna.__version__}): back it up, then run `optuna storage upgrade --storage {safe_url(url)}`")
+    return (f"the Optuna storage {safe_url(url)} was made by a newer Optuna than this one ({optuna.__version__}), "
+            f"whose schema this one does not know: run the search with that Optuna version")
 
 
 def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STORAGE_PATIENCE,
                  sleep=time.sleep):
     """An RDB storage with heartbeats, so a trial whose process died is failed and retried.
 
-    Opening checks the URL and that the database answers (a UserError if not);
-    afterwards the storage waits out outages of up to `patience` seconds, in `sleep`s.
+    Opening checks the URL, the file (check_storage) and that the database answers (a UserError
+    if not); afterwards the storage waits out outages of up to `patience` seconds, in `sleep`s.
     """
     from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
+    check_storage(url)
     engine_kwargs = {}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
@@ -215,6 +218,10 @@ def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STOR
                 with storage.engine.connect() as connection:
                     connection.exec_driver_sql("PRAGMA journal_mode=WAL")
             return storage
+        except RuntimeError as err:
+            if "table schema" not in str(err):      # Optuna's check_table_schema_compatibility
+                raise
+            raise UserError(schema_message(url, err)) from None
         except (ArgumentError, OperationalError, SQLAlchemyError, ValueError, ImportError,
                 optuna.exceptions.StorageInternalError) as err:
             # workers opening a new database at once race to create its tables (or hold its lock)
@@ -222,7 +229,7 @@ def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STOR
                 time.sleep(0.2 + random.random())
                 continue
             hint = " (the scheme is postgresql://, not postgres://)" if url.startswith("postgres://") else ""
-            raise UserError(f"cannot open Optuna storage {safe_url(url)!r}: {first_line(err)}{hint}; check "
+            raise UserError(f"cannot open Optuna storage {safe_url(url)!r}: {safe_url(first_line(err))}{hint}; check "
                             "the --storage URL (sqlite:///path.db or postgresql://user:pass@host:port/db) "
                             "and that the database server is running") from None
 

@@ -6,6 +6,7 @@ is what the study really used.
 """
 from __future__ import annotations
 
+import numpy as np
 import optuna
 
 from . import attrs
@@ -23,11 +24,30 @@ def _describe(kind, options: dict) -> str:
     return f"{kind.__name__}({', '.join(f'{k}={v}' for k, v in options.items())})"
 
 
-def make_sampler(settings: StudySettings) -> tuple[optuna.samplers.BaseSampler, str]:
-    """(sampler, description): TPE, or plain random search as a baseline; seeded by settings.seed."""
+def sampler_seed(seed: int, trials_before: int = 0, worker_index: int = 0) -> int:
+    """The seed of one process's sampler: `seed` itself for the process that starts a study alone
+    (an uninterrupted study with --seed S proposes what it always did), else one derived from
+    (seed, trials already in the study, worker index).
+
+    Every process used to seed with --seed alone, so a resumed study, or a second worker, drew the
+    random start-up points (TPE's and RandomSampler's come from that seed) of the first trials again.
+    The trial count differs per resume and the worker index per spawned worker, so no two processes of
+    a study draw the same sequence; the sampler still learns from every trial in the storage, so a
+    resumed study knows what an uninterrupted one would. Processes started by hand on several
+    machines at the very same moment may see the same count: give them different --seed values.
+    """
+    if trials_before == 0 and worker_index == 0:
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(trials_before, worker_index)).generate_state(1)[0])
+
+
+def make_sampler(settings: StudySettings, trials_before: int = 0,
+                 worker_index: int = 0) -> tuple[optuna.samplers.BaseSampler, str]:
+    """(sampler, description): TPE, or plain random search as a baseline; seeded by sampler_seed."""
+    seed = sampler_seed(settings.seed, trials_before, worker_index)
     if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=settings.seed), _describe(optuna.samplers.RandomSampler, {})
-    return (optuna.samplers.TPESampler(seed=settings.seed, **TPE_OPTIONS),
+        return optuna.samplers.RandomSampler(seed=seed), _describe(optuna.samplers.RandomSampler, {})
+    return (optuna.samplers.TPESampler(seed=seed, **TPE_OPTIONS),
             _describe(optuna.samplers.TPESampler, TPE_OPTIONS))
 
 

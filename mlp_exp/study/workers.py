@@ -16,7 +16,7 @@ import time
 
 import optuna
 
-from ..errors import one_line
+from ..errors import UserError, one_line
 from .recovery import reconcile_runs, settle_lost_trial
 from .settings import StudySettings
 from .trials import counts, progress_outcomes
@@ -24,6 +24,18 @@ from .trials import counts, progress_outcomes
 log = logging.getLogger("mlp_exp.study")
 
 SEARCH_COMMAND = ("-m", "mlp_exp.search")   # what a spawned worker runs (a process, not an import)
+# A worker stops after this many trials in a row failed (raised; pruned, interrupted, surplus and
+# peer-failed trials do not count). Failed trials count toward no target, so a cause every trial
+# shares (no memory for a --fixed hidden size, a full disk, an unwritable artifact store) used to fail
+# trials until the search was killed: 133 in 40 s. Three different configurations failing one after
+# another point at such a cause; one or two can be a configuration's own (its memory, a numerical
+# error), which the study should survive. Stopping loses nothing: finished trials stay, and the same
+# command resumes once the cause is fixed.
+MAX_FAILURES_IN_A_ROW = 3
+
+
+class TrialsKeepFailing(UserError):
+    """This worker's last MAX_FAILURES_IN_A_ROW trials all failed: the search stops (exit 2)."""
 
 
 def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0, progress=None):
@@ -35,7 +47,7 @@ def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0, prog
     `progress` (a progress.StudyProgress) is shown every finished trial, any worker's.
     An interrupt is raised before each step and while waiting (objective.interrupts).
     On the way out, MLflow runs left RUNNING by trials that have finished are closed.
-    Returns "done" or "timeout".
+    Returns "done" or "timeout"; raises TrialsKeepFailing after MAX_FAILURES_IN_A_ROW failed trials.
     """
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     while True:
@@ -59,6 +71,12 @@ def run_worker(study, objective, settings: StudySettings, poll_seconds=2.0, prog
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             if not settle_lost_trial(study, objective):
                 raise
+        if objective.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise TrialsKeepFailing(
+                f"stopped study {settings.study_name!r}: {objective.failures_in_a_row} trials in a row failed "
+                f"in this worker, so the cause is likely one they share (memory, disk, a store, a --fixed "
+                f"value) rather than their configurations; the last, {objective.last_failure}; fix that "
+                "and run the same command again to resume (finished trials are kept)")
     try:
         reconcile_runs(study, objective.tracker)
     except Exception as err:                # MLflow unreachable: the next worker to finish does it
@@ -71,12 +89,14 @@ def spawn_workers(argv, count: int, blas_threads: int) -> list[subprocess.Popen]
 
     `argv` is the parent's command line without --workers. The workers get
     their own session, so a Ctrl-C at the terminal reaches only the parent,
-    which passes it on once; and they stop if the parent dies.
+    which passes it on once; and they stop if the parent dies. Each gets its
+    index (1, 2, ...; the parent is 0), so each seeds its sampler differently.
     """
     return [subprocess.Popen([sys.executable, *SEARCH_COMMAND, *argv, "--workers", "1",
                               "--no-finalize", "--quiet", "--blas-threads", str(blas_threads),
-                              "--parent-pid", str(os.getpid())], start_new_session=True)
-            for _ in range(count)]
+                              "--parent-pid", str(os.getpid()), "--worker-index", str(index)],
+                             start_new_session=True)
+            for index in range(1, count + 1)]
 
 
 def wait_for_workers(workers, patience: float = 30.0) -> None:

@@ -1,8 +1,10 @@
-"""Every name the product writes into an MLflow store, defined once.
+"""Every name the product writes into an MLflow store, defined once, and the rules for the names users choose.
 
 Changing one of these changes the store layout: existing `mlruns/` stores
 (and the runs the report and the tests look up by tag) would no longer match.
 """
+from ..errors import UserError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_MODEL_NAME = "mlp-cifar10"
@@ -21,6 +23,7 @@ STOP_REASON_TAG = "stop_reason"        # why a KILLED run stopped: interrupted, 
 PRUNED_AT_TAG = "pruned_at_epoch"
 DIVERGED_TAG = "diverged"               # "true" on a run whose loss became non-finite
 VAL_ACCURACY_TAG = "val_accuracy"      # on model versions: what promotion compares
+BASIS_TAG = "mlp_exp.basis"            # on model versions: the images that val accuracy was measured on
 
 EPOCH_METRICS = ("loss", "train_accuracy", "val_accuracy", "learning_rate")
 GRID_KEY = "first_layer_weights"
@@ -29,3 +32,24 @@ CURVES_ARTIFACT = "training_curves.png"
 CURVES_DPI = 80                        # 800x640 px
 MODEL_NAME_IN_RUN = "model"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+MAX_EXPERIMENT_NAME = 500              # MLflow's limit on an experiment name (the study's name)
+MODEL_NAME_FORBIDS = ("/", ":")        # MLflow refuses a registered model name holding either
+
+
+def check_names(study_name: str, model_name: str) -> None:
+    """A one-line UserError for a study or model name MLflow would refuse, or could not search for
+    (both kinds of quote), before anything is made: MLflow checks a model name only at promotion."""
+    for flag, name in (("--study-name", study_name), ("--model-name", model_name)):
+        if not str(name).strip():
+            raise UserError(f"{flag} {name!r} is blank; give it a name (or leave the flag out for the default)")
+        if "'" in name and '"' in name:
+            raise UserError(f"{flag} {name!r} holds both kinds of quote (' and \"); MLflow cannot search for "
+                            f"such a name: drop one kind")
+    if len(study_name) > MAX_EXPERIMENT_NAME:
+        raise UserError(f"--study-name is {len(study_name)} characters long; it names the MLflow experiment, "
+                        f"which takes at most {MAX_EXPERIMENT_NAME}")
+    for char in MODEL_NAME_FORBIDS:
+        if char in model_name:
+            raise UserError(f"--model-name {model_name!r} holds {char!r}; MLflow model names cannot contain "
+                            f"{' or '.join(map(repr, MODEL_NAME_FORBIDS))}: choose another, e.g. {DEFAULT_MODEL_NAME}")

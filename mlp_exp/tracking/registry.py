@@ -19,7 +19,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..errors import UserError
 from ..net import PARAM_NAMES
-from .names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, MODEL_NAME_IN_RUN, VAL_ACCURACY_TAG
+from .names import BASIS_TAG, CHAMPION_ALIAS, DEFAULT_MODEL_NAME, MODEL_NAME_IN_RUN, VAL_ACCURACY_TAG
 from .scoring import score_model
 from .store import filter_literal, import_mlflow
 
@@ -35,6 +35,7 @@ class Champion:
     run_id: str
     val_accuracy: float | None
     model_uri: str                  # models:/<name>/<version>
+    basis: str | None = None        # what its val accuracy was measured on (tag BASIS_TAG); None: unknown
 
 
 
@@ -59,21 +60,35 @@ class ModelRegistry:
         - preprocessor: data.Preprocessor; its mean and scale (D,) go into the same npz
         - config, label_names: saved as config.json
 
-        The model takes raw pixels, float32 (N, D) = images.reshape(N, -1) of uint8
-        HWC images, and returns float32 (N, C) class probabilities.
+        The model takes raw pixels 0..255, uint8 or float, as images (N, 32, 32, 3) or
+        rows (N, 3072) = images.reshape(N, -1), and returns a DataFrame of label,
+        class_name and prob_<class name> per image (mlflow_model.py has the contract).
         """
         mlflow = import_mlflow()
+        import pandas as pd
         from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        from . import mlflow_model          # its helpers only: MLflow loads a logged copy, not this import
 
         self.wait()                         # a trial ended without waiting must not reset the status below
-        from mlflow.types import Schema, TensorSpec
-
         arrays = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in PARAM_NAMES}
         arrays.update({k: np.asarray(v, dtype=np.float32) for k, v in preprocessor.to_arrays().items()})
         D, C = arrays["W1"].shape[0], arrays["W2"].shape[1]
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, D))]),
-                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, C))]))
-        example = np.clip(np.rint(arrays["mean"]), 0, 255)[None, :]      # (1, D) the mean image
+        if len(label_names) != C:
+            raise ValueError(f"label_names must name the net's {C} classes, got {len(label_names)}")
+        # No input schema: MLflow 3.17 enforces a TensorSpec's dtype exactly (a float32 spec rejects
+        # uint8 images) and its rank (one spec cannot admit both (N, 32, 32, 3) and (N, 3072)), and a
+        # column schema would turn an image batch into 3072 columns. The model checks and converts its
+        # input itself (mlflow_model.as_pixel_rows); the input example shows the canonical form.
+        # The output schema is documentation (MLflow never enforces outputs).
+        columns = mlflow_model.output_columns(label_names)
+        signature = ModelSignature(outputs=Schema(
+            [ColSpec("long", columns[0]), ColSpec("string", columns[1])]
+            + [ColSpec("float", name) for name in columns[2:]]))
+        example = np.clip(np.rint(arrays["mean"]), 0, 255).astype(np.uint8)      # (D,) the mean image
+        shape = mlflow_model.image_shape(D)
+        example = example.reshape(1, *shape) if shape else example[None, :]    # (1, 32, 32, 3) uint8
         status = self.client.get_run(run_id).info.status
         with tempfile.TemporaryDirectory() as tmp:
             weights, meta = Path(tmp, "weights.npz"), Path(tmp, "config.json")
@@ -86,7 +101,11 @@ class ModelRegistry:
                     artifacts={"weights": str(weights), "config": str(meta)},
                     code_paths=MODEL_CODE_PATHS,
                     signature=signature, input_example=example,
-                    pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"])
+                    # the default; loading with model_config={"output": "label"} (e.g. for
+                    # mlflow.models.evaluate) may override it only if the model was logged with one
+                    model_config={"output": "table"},
+                    pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}",
+                                      f"pandas=={pd.__version__}"])
         if status != "FINISHED":            # leaving start_run marked it FINISHED
             self.client.update_run(run_id, status=status)
         return info.model_uri
@@ -112,15 +131,18 @@ class ModelRegistry:
             raise
         value = version.tags.get(VAL_ACCURACY_TAG)
         return Champion(str(version.version), version.run_id, float(value) if value is not None else None,
-                        f"models:/{model_name}/{version.version}")
+                        f"models:/{model_name}/{version.version}", version.tags.get(BASIS_TAG))
 
     def promote(self, model_name: str, run_id: str, val_accuracy: float,
-                model_uri: str | None = None) -> "Promotion":
+                model_uri: str | None = None, basis: str | None = None, verdict=None) -> "Promotion":
         """Register the run's model (default: the last one logged under it) and move alias
         `champion` to the new version only if its val accuracy beats the champion's.
 
         The version is tagged val_accuracy, so later comparisons read it back
-        rather than guess.
+        rather than guess. `basis` (tagged too) says what that val accuracy was
+        measured on; against a champion of another (or unknown) basis, val
+        accuracies are not compared: `verdict(champion, model_uri)` decides
+        (True: the new version wins), under the same lock.
         """
         mlflow = import_mlflow()
         self.wait()
@@ -143,7 +165,8 @@ class ModelRegistry:
                 mlflow.set_tracking_uri(self.tracking_uri)
                 version = str(self.client.create_model_version(
                     model_name, source=model_uri, run_id=run_id, model_id=model_id,
-                    tags={VAL_ACCURACY_TAG: repr(float(val_accuracy))}).version)
+                    tags={VAL_ACCURACY_TAG: repr(float(val_accuracy)),
+                          **({BASIS_TAG: basis} if basis is not None else {})}).version)
                 # Workers on other machines (a server store has no file lock) may have registered
                 # the same run at the same moment: the lowest version stays, later ones go.
                 lowest = min(int(v.version) for v in self.client.search_model_versions(
@@ -154,10 +177,13 @@ class ModelRegistry:
             current = self.champion(model_name)
             if current is not None and current.version == version:
                 return Promotion(version, False, current)
-            wins = current is None or current.val_accuracy is None or float(val_accuracy) > current.val_accuracy
+            if current is not None and verdict is not None and current.basis != basis:
+                wins = bool(verdict(current, f"models:/{model_name}/{version}"))
+            else:
+                wins = current is None or current.val_accuracy is None or float(val_accuracy) > current.val_accuracy
             if wins:
                 self.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
-                current = Champion(version, run_id, float(val_accuracy), f"models:/{model_name}/{version}")
+                current = Champion(version, run_id, float(val_accuracy), f"models:/{model_name}/{version}", basis)
         return Promotion(version, wins, current)
 
     def score_model(self, model_uri: str, X, y, label_names: Sequence[str] | None = None) -> dict:

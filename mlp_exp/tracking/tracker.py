@@ -15,19 +15,23 @@ Layout of what lands in the store (names from tracking.names):
 from __future__ import annotations
 
 import atexit
-import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from ..config import TrainConfig
+from ..urls import safe_url
 from .names import (GRID_UNITS, PARENT_TAG, ROLE_TAG, STUDY_TAG, TERMINAL_STATUSES, TRIAL_TAG)
 from .registry import ModelRegistry
-from .store import (artifact_location, check_server, filter_literal, import_mlflow, resolve_tracking_uri,
-                    sqlite_path, store_errors)
+from .store import (artifact_location, filter_literal, import_mlflow, prepare_store, resolve_tracking_uri,
+                    sqlite_path, store_errors, store_lock, store_lock_path)
 from .trial_run import TrialRun
+
+log = logging.getLogger("mlp_exp.tracking")
 
 
 @dataclass
@@ -76,13 +80,12 @@ class Tracker(ModelRegistry):
         self.parent_run_id: str | None = None
         self._ended: list[TrialRun] = []    # ended but not yet waited for
         self._ended_lock = threading.Lock()
-        scheme = urlparse(self.tracking_uri).scheme
-        self._lock_path = sqlite_path(self.tracking_uri).parent / ".mlp_exp.lock" if scheme == "sqlite" else None
-        check_server(self.tracking_uri)
+        self._lock_path = store_lock_path(self.tracking_uri)
         mlflow = import_mlflow()
         self.experiment_id = None
         # Opening a new db creates its tables: two processes doing it at once would collide.
         with self._store_lock(), store_errors(self.tracking_uri):
+            prepare_store(self.tracking_uri)
             self.client = mlflow.MlflowClient(self.tracking_uri)
             if experiment_name is not None:
                 self.experiment_id = self._get_or_create_experiment(experiment_name)
@@ -90,26 +93,17 @@ class Tracker(ModelRegistry):
                 self.client.search_experiments(max_results=1)
         atexit.register(self.wait)          # a process that exits normally leaves nothing half-logged
 
-    @contextlib.contextmanager
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without its password: the one to print."""
+        return safe_url(self.tracking_uri)
+
     def _store_lock(self):
         """Serialise find-or-create across processes sharing a local sqlite store.
 
         Remote stores get no lock; study_run's oldest-wins rule covers them.
         """
-        if self._lock_path is None:
-            yield
-            return
-        try:
-            import fcntl
-        except ImportError:         # not POSIX: rely on oldest-wins alone
-            yield
-            return
-        with open(self._lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return store_lock(self._lock_path)
 
     def _get_or_create_experiment(self, name: str) -> str:
         mlflow = import_mlflow()
@@ -123,7 +117,24 @@ class Tracker(ModelRegistry):
                     raise
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
+        self._warn_if_copied(experiment)
         return experiment.experiment_id
+
+    def _warn_if_copied(self, experiment) -> None:
+        """One line when the experiment keeps its artifacts outside a sqlite store's folder while the
+        folder has its own artifacts/: the store was copied or moved, and MLflow (which stores each
+        experiment's and run's artifact location as an absolute path, and cannot change one) will
+        write this run's artifacts into the original's folder."""
+        here = artifact_location(self.tracking_uri)
+        if here is None or experiment.artifact_location in (here, here.rstrip("/")):
+            return
+        folder = sqlite_path(self.tracking_uri).resolve().parent
+        stored = urlparse(experiment.artifact_location)
+        if stored.scheme == "file" and (folder / "artifacts").is_dir() \
+                and not Path(unquote(stored.path)).is_relative_to(folder):
+            log.warning("experiment %r of %s keeps its artifacts in %s, outside this store's folder (the store was "
+                        "copied or moved?): new runs write their artifacts there too; to keep copies apart, "
+                        "use another --study-name", experiment.name, self.display_uri, unquote(stored.path))
 
     def _require_experiment(self) -> str:
         if self.experiment_id is None:

@@ -6,7 +6,9 @@ the search put them (file:///.../mlruns/artifacts, a local path stored with each
 experiment), and the server reads them from there, so the UI shows every run's
 weight grids and training curves; new experiments made in the UI get the same
 artifact root. The server's own output goes to a temporary log, quoted if it
-fails to start.
+fails to start. The store's URI reaches the server by environment
+(MLFLOW_BACKEND_STORE_URI), never on its command line, where `ps` would show
+a password in it to every user of the machine.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import UserError, one_line
-from .store import artifact_root, resolve_tracking_uri
+from ..urls import safe_url
+from .store import (artifact_root, prepare_store, resolve_tracking_uri, store_errors, store_lock,
+                    store_lock_path)
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
 START_TIMEOUT = 120.0           # seconds; a cold start (imports, db migrations) takes 5-20
@@ -36,14 +40,32 @@ def mlflow_command() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlflow"]
 
 
+BACKEND_URI_ENV = "MLFLOW_BACKEND_STORE_URI"     # what `mlflow server --backend-store-uri` reads
+
+
 def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
-    """`mlflow server` on the store, one worker, new experiments' artifacts beside the db."""
-    command = [*mlflow_command(), "server", "--backend-store-uri", tracking_uri,
-               "--host", host, "--port", str(port), "--workers", "1"]
+    """`mlflow server`, one worker, new experiments' artifacts beside the db; the store itself is
+    passed as server_env(tracking_uri), not here."""
+    command = [*mlflow_command(), "server", "--host", host, "--port", str(port), "--workers", "1"]
     root = artifact_root(tracking_uri)
     if root is not None:
         command += ["--default-artifact-root", root, "--artifacts-destination", root]
     return command
+
+
+def server_env(tracking_uri: str) -> dict:
+    """The server's environment: the store, no GenAI job runner (seven more processes this UI never
+    uses), no telemetry."""
+    return {**os.environ, BACKEND_URI_ENV: tracking_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def _check_host(host: str, port: int) -> None:
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise UserError(f"--host {host} cannot be resolved ({one_line(err)}); pass a name or address of "
+                        f"this machine, e.g. {DEFAULT_HOST} (this machine only) or 0.0.0.0 (every interface)") from None
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -73,6 +95,11 @@ class UIServer:
         self._log_path: Path | None = None
 
     @property
+    def display_uri(self) -> str:
+        """The store's URI without its password: the one to print."""
+        return safe_url(self.tracking_uri)
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
@@ -83,17 +110,28 @@ class UIServer:
         return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def start(self, timeout: float = START_TIMEOUT) -> "UIServer":
+        """Start the server and wait until it answers; anything that stops the wait (an error,
+        Ctrl-C, SIGTERM) stops the server first."""
+        _check_host(self.host, self.port)
         if not _port_free(self.host, self.port):
             raise UserError(f"port {self.port} on {self.host} is in use (another MLflow UI?); "
                             f"pass --port with a free one")
+        with store_lock(store_lock_path(self.tracking_uri)), store_errors(self.tracking_uri):
+            prepare_store(self.tracking_uri)        # the server would make a new one step by step
         handle, name = tempfile.mkstemp(prefix="mlp_exp-ui-", suffix=".log")
         self._log_path = Path(name)
-        # No GenAI job runner (seven more processes this UI never uses), no telemetry.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        with os.fdopen(handle, "w") as log:
-            self.process = subprocess.Popen(server_command(self.tracking_uri, self.host, self.port),
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
+        try:
+            with os.fdopen(handle, "w") as log:
+                self.process = subprocess.Popen(server_command(self.tracking_uri, self.host, self.port),
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                                env=server_env(self.tracking_uri), start_new_session=True)
+            self._wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not self._healthy():
             if self.process.poll() is not None:
@@ -107,7 +145,6 @@ class UIServer:
                 raise UserError(f"mlflow server did not answer on {self.url} within {timeout:.0f} s; its log "
                                 f"ends: {one_line(tail, 300)}")
             time.sleep(0.5)
-        return self
 
     def _healthy(self) -> bool:
         try:
