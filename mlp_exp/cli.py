@@ -65,11 +65,14 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a one-line `error: ...` with exit code 2 like every other."""
+    """argparse, but a usage error is a one-line `error: ...` with exit code 2 like every other;
+    every command answers --version."""
 
     def __init__(self, *args, **kwargs):
+        from . import __version__
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"mlp_exp {__version__}")
 
     def error(self, message):
         print(f"error: {safe_url(one_line(message, None))} (see --help)", file=sys.stderr)

@@ -19,7 +19,7 @@ from . import cli, tracking
 from .errors import UserError, one_line
 from .study import load_study
 from .study.report import ARTIFACT_DIR, build_report, log_report, write_report
-from .study.settings import default
+from .study.settings import DEFAULT_STORAGE, DEFAULT_STUDY_NAME, ENVIRONMENT, default
 
 log = logging.getLogger("mlp_exp.report")
 
@@ -29,8 +29,10 @@ def build_parser():
         prog="python -m mlp_exp.report",
         description="Write a study's report (Optuna plots, validation curves, trials table joined "
                     "with MLflow runs) to --out, and log it to the study's parent run.")
-    p.add_argument("--study-name", default=default("study_name"), help="Optuna study (default %(default)s)")
-    p.add_argument("--storage", default=default("storage"), help="Optuna storage URL (default %(default)s)")
+    p.add_argument("--study-name", default=default("study_name"),
+                   help=f"Optuna study (default ${ENVIRONMENT['study_name']}, else {DEFAULT_STUDY_NAME})")
+    p.add_argument("--storage", default=default("storage"),
+                   help=f"Optuna storage URL (default ${ENVIRONMENT['storage']}, else {DEFAULT_STORAGE})")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
     p.add_argument("--out", default=None, help="folder for the report (default reports/<study name>)")

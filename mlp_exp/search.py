@@ -28,7 +28,8 @@ import sys
 from . import cli
 from .errors import UserError
 from .study import open_session, run_session
-from .study.settings import PRUNERS, SAMPLERS, StudySettings, default
+from .study.settings import DEFAULT_STORAGE, DEFAULT_STUDY_NAME, ENVIRONMENT, PRUNERS, SAMPLERS, StudySettings, \
+    default
 from .study.space import parse_fixed
 from .study.workers import stop_with_parent
 
@@ -42,10 +43,11 @@ def build_parser():
                    help="target number of finished (complete or pruned) trials; re-running resumes "
                         "an interrupted study up to this number (default %(default)s)")
     p.add_argument("--study-name", default=default("study_name"),
-                   help="Optuna study name, also the MLflow experiment name (default %(default)s)")
+                   help=f"Optuna study name, also the MLflow experiment name (default ${ENVIRONMENT['study_name']}, "
+                        f"else {DEFAULT_STUDY_NAME})")
     p.add_argument("--storage", default=default("storage"),
                    help="Optuna storage URL: sqlite:///file.db or postgresql://user:pass@host/db "
-                        "(default %(default)s)")
+                        f"(default ${ENVIRONMENT['storage']}, else {DEFAULT_STORAGE})")
     p.add_argument("--tracking-uri", default=default("tracking_uri"),
                    help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else "
                         "sqlite:///mlruns/mlflow.db with artifacts under mlruns/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,8 +111,15 @@ def check_storage_persists(url: str) -> None:
                         f"--storage {DEFAULT_STORAGE}")
 
 
+# Settings a shell (or a cluster's job template) can set once for every command; a flag still wins.
+ENVIRONMENT = {"storage": "MLP_EXP_STORAGE", "study_name": "MLP_EXP_STUDY"}
+
+
 def default(name: str):
-    """The default of StudySettings field `name` (what argparse shows and uses)."""
+    """The default of StudySettings field `name` (what argparse shows and uses): $MLP_EXP_STORAGE or
+    $MLP_EXP_STUDY where set (and not empty) for those two, else the dataclass default."""
+    if name in ENVIRONMENT and os.environ.get(ENVIRONMENT[name], "").strip():
+        return os.environ[ENVIRONMENT[name]].strip()
     return StudySettings.__dataclass_fields__[name].default
 
 
