@@ -20,11 +20,15 @@ import sys
 
 from . import cli
 from .errors import UserError, one_line
-from .tracking.evaluation import CONFUSION_FIGURE, evaluate_on_test_set
-from .tracking.names import DEFAULT_MODEL_URI, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+from .interrupts import Interrupts, Terminated
+
+# Nothing here imports NumPy or the tracking package at module level: they load inside cli.run,
+# where a Ctrl-C in the first second is one line, not a traceback out of an import.
 
 
 def build_parser() -> cli.ArgumentParser:
+    from .tracking.names import DEFAULT_MODEL_URI, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+
     parser = cli.ArgumentParser(
         prog="python -m mlp_exp.evaluate",
         description="Report a logged model's accuracy, overall and per class, on the CIFAR-10 test set.")
@@ -55,6 +59,8 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def format_report(score: dict) -> str:
+    from .tracking.evaluation import CONFUSION_FIGURE
+
     width = max(len(name) for name in score["per_class"])
     lines = [f"model          {score['model_uri']} (run {score['run_id']})",
              f"test accuracy  {score['test_accuracy']:.4f} on {score['num_test']} images",
@@ -79,9 +85,19 @@ def write_predictions(path, predictions, y_true, label_names) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    score = evaluate_on_test_set(args.model_uri, args.tracking_uri, args.data_dir, args.test_size,
-                                 log=not args.no_log, predictions=args.predictions is not None)
+    interrupts, model_uri = Interrupts(), "the model"
+    try:
+        args = build_parser().parse_args(argv)
+        model_uri = args.model_uri
+        from .tracking.evaluation import evaluate_on_test_set
+        with interrupts:        # Ctrl-C stops loading and scoring at once, never the logging
+            score = evaluate_on_test_set(args.model_uri, args.tracking_uri, args.data_dir, args.test_size,
+                                         log=not args.no_log, predictions=args.predictions is not None,
+                                         interrupts=interrupts)
+    except KeyboardInterrupt as interrupt:
+        print(f"{'terminated' if isinstance(interrupt, Terminated) else 'interrupted'}: {model_uri} "
+              f"was not evaluated; nothing was logged", file=sys.stderr)
+        raise
     if args.predictions is not None:
         predictions, y_true = score.pop("predictions"), score.pop("labels")
         write_predictions(args.predictions, predictions, y_true, list(score["per_class"]))

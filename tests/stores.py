@@ -125,7 +125,8 @@ def start_search(*args, cwd, log_name="worker", **env) -> subprocess.Popen:
 def held_trials(hold_dir) -> dict:
     """{trial number: pid} of the trials mlp_exp.hold holds in `hold_dir` (start the search with
     MLP_EXP_HOLD_DIR=hold_dir): each has logged and reported its first epoch and waits there."""
-    return {int(p.name.split("-", 1)[1]): int(p.read_text() or 0) for p in Path(hold_dir).glob("held-*")}
+    return {int(p.name.split("-", 1)[1]): int(p.read_text() or 0) for p in Path(hold_dir).glob("held-*")
+            if p.name.split("-", 1)[1].isdigit()}         # held-finalize, held-evaluate: steps, not trials
 
 
 def release_held_trials(hold_dir) -> None:

@@ -315,3 +315,81 @@ def test_the_parent_says_which_worker_it_waits_for_when_closing_takes_long(capsy
     assert slow.returncode == 0                             # waited for, to the end
     assert capsys.readouterr().err == (f"waiting for worker {slow.pid} to close its trial (Ctrl-C again to "
                                        "stop without waiting: the worker then stops on its own)\n")
+
+
+# ---------------------------------------------------------------- signals outside the trial loop
+
+def hold_and_signal(root, sig, command, *args):
+    """Run `command` (search or evaluate) with mlp_exp.hold holding its end step (held-finalize or
+    held-evaluate: no timer decides what the signal hits), send `sig` there; return the process."""
+    import subprocess
+    from helpers import cli_env
+
+    hold_dir = root / f"hold-{time.monotonic_ns()}"
+    hold_dir.mkdir()
+    step = hold_dir / f"held-{'finalize' if command == 'mlp_exp.search' else 'evaluate'}"
+    err = open(root / "held.err", "w")
+    process = subprocess.Popen([sys.executable, "-m", command, *args], cwd=root, stdout=subprocess.PIPE,
+                               stderr=err, text=True, env=cli_env(MLP_EXP_HOLD_DIR=str(hold_dir)))
+    try:
+        held = wait_for(lambda: step.exists() or (process.poll() is not None and "exited"), 180,
+                        f"{command} to reach {step.name}", poll=0.05)
+        assert held != "exited", (root / "held.err").read_text()
+        os.kill(process.pid, sig)
+        process.stdout_text = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        err.close()
+    return process
+
+
+def test_sigterm_while_promoting_exits_143_in_one_line_and_closes_the_parent_run(study_dir):
+    """Held after promotion, before the champion is scored: the parent run ends KILLED (not RUNNING),
+    and the same command finishes the step, scoring the champion it had promoted."""
+    import mlflow
+
+    storage, tracking = uris(study_dir)
+    process = hold_and_signal(study_dir, signal.SIGTERM, "mlp_exp.search", "--trials", "1", *TINY)
+    assert process.returncode == 143
+    stderr = (study_dir / "held.err").read_text()
+    lines = stderr.strip().splitlines()
+    assert lines == ["terminated: study 'cifar10-mlp' saved with 1 of 1 trials finished, stopped while "
+                     "promoting its best trial and logging the report; run the same command again to finish "
+                     "them"], stderr
+    client = mlflow.MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("cifar10-mlp")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags["mlp_exp.role"] == "study")
+    assert parent.info.status == "KILLED"
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    version = client.get_model_version_by_alias("mlp-cifar10", "champion")
+    assert "test_accuracy" not in version.tags          # stopped before the test set was used
+
+    again = run_search("--trials", "1", *TINY, cwd=study_dir)
+    assert again.returncode == 0, again.stderr
+    assert "was already @champion, not yet scored" in again.stdout
+    version = client.get_model_version_by_alias("mlp-cifar10", "champion")
+    assert "test_accuracy" in version.tags
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["mlp_exp.champion_version"] == str(version.version)
+
+
+def test_ctrl_c_in_evaluate_exits_130_in_one_line_and_logs_nothing(study_dir):
+    """Held after scoring, before logging: Ctrl-C there ends the command in one line, no traceback,
+    and neither store changes (the evaluation is all or nothing)."""
+    from stores import snapshot
+
+    assert run_search("--trials", "1", *TINY, cwd=study_dir).returncode == 0
+    before = snapshot(study_dir)
+    process = hold_and_signal(study_dir, signal.SIGINT, "mlp_exp.evaluate", "--data-dir", "data",
+                              "--test-size", "50")
+    assert process.returncode == 130
+    assert process.stdout_text == ""
+    stderr = (study_dir / "held.err").read_text()
+    assert stderr.strip().splitlines() == ["interrupted: models:/mlp-cifar10@champion was not evaluated; "
+                                           "nothing was logged"], stderr
+    after = snapshot(study_dir)
+    after["files"] = [f for f in after["files"] if not f.startswith(("hold-", "held."))]
+    before["files"] = [f for f in before["files"] if not f.startswith(("hold-", "held."))]
+    assert after == before

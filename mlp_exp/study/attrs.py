@@ -17,6 +17,11 @@ TRACEBACK = "traceback"                # on a trial that raised: its traceback (
 # The study's own user attrs
 DEFINING_SETTINGS = "defining_settings"  # settings.defining_settings() when it was created: what its trials measure
 SETTINGS_CHANGES = "settings_changes"    # each run continued with --allow-changed-settings: {setting: [old, new], at_trial}
+MLFLOW_TRACKING_URI = "mlflow_tracking_uri"      # the MLflow store of its runs, password hidden (urls.safe_url)
+MLFLOW_EXPERIMENT_ID = "mlflow_experiment_id"    # ... its experiment there
+MLFLOW_PARENT_RUN_ID = "mlflow_parent_run_id"    # ... and its parent run
+
+METRIC_NAME = "val_accuracy"           # the study's metric name (Study.set_metric_names): what trials return
 
 # Optuna's own system attrs on a retried trial (written by RetryHeartbeatStaleTrialCallback)
 FAILED_TRIAL = "failed_trial"          # the first attempt's number

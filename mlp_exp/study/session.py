@@ -3,8 +3,11 @@
 `open_session` builds everything a worker needs, failing on bad input before
 any trial starts: the tracker, the storage, the data, the study and its
 parent run. `run_session` runs this process's trials (and spawns the others
-of `--workers`), then promotes the champion and logs the report. The search
-command is these two calls; the tests use the same ones.
+of `--workers`), then promotes the champion and logs the report
+(finalize_session). The search command is these two calls; the tests use the
+same ones. The study's user attrs name its MLflow experiment and parent run
+(record_tracking); every trial run gets the training and validation sets as
+dataset inputs, their digests computed once per process.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 
@@ -124,6 +129,7 @@ class StudySession:
     split: data_module.RawSplit
     study: optuna.Study
     interrupts: Interrupts
+    data_folder: Path | None = None     # the CIFAR-10 folder the split came from: its datasets' source
 
 
 def open_session(settings: StudySettings, *, parent_run: bool = True, worker_index: int = 0) -> StudySession:
@@ -156,7 +162,26 @@ def open_session(settings: StudySettings, *, parent_run: bool = True, worker_ind
     study, description = make_study(settings, tracker, storage, data_id=data_id, worker_index=worker_index)
     if parent_run:
         tracker.study_run(settings.study_name, logged_params(settings, description))
-    return StudySession(settings, tracker, storage, split, study, interrupts)
+    if worker_index == 0:
+        record_tracking(study, tracker)
+    folder = (data_module.resolve_data_dir(settings.data_dir) / data_module.BATCHES_FOLDER).resolve()
+    tracker.set_trial_datasets(split.X_train, split.y_train, split.X_val, split.y_val, folder)
+    return StudySession(settings, tracker, storage, split, study, interrupts, folder)
+
+
+def record_tracking(study, tracker) -> None:
+    """Link the study to its MLflow side (user attrs: the tracking URI without its password, the
+    experiment and parent run ids) and name its objective, which Optuna's plots and optuna-dashboard
+    otherwise call "Objective 0". Writes only what differs, so resuming writes nothing."""
+    for key, value in ((attrs.MLFLOW_TRACKING_URI, safe_url(tracker.tracking_uri)),
+                       (attrs.MLFLOW_EXPERIMENT_ID, tracker.experiment_id),
+                       (attrs.MLFLOW_PARENT_RUN_ID, tracker.parent_run_id)):
+        if value is not None and study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    if study.metric_names != [attrs.METRIC_NAME]:
+        with warnings.catch_warnings():     # experimental since Optuna 3.2, and says so on stderr
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([attrs.METRIC_NAME])
 
 
 def run_session(session: StudySession, *, worker_argv=None, spawned: bool = False,
@@ -221,10 +246,35 @@ def run_session(session: StudySession, *, worker_argv=None, spawned: bool = Fals
         log.info("timeout reached after %s s: stopping with %d finished trials",
                  settings.timeout, counts(study)["finished"])
     if settings.finalize:
-        finalize(study, settings, tracker, session.split)
-        log_study_report(study, tracker, quiet=settings.quiet)
+        finalize_session(session)
     tracker.end_study()
     return outcome
+
+
+def finalize_session(session: StudySession) -> None:
+    """Promote, score and report (finalize, log_study_report), with Ctrl-C and SIGTERM held back to
+    the points between store writes (Interrupts.check): there the parent run is closed KILLED, one
+    line says how to finish, and the interrupt goes on. Re-running the command finishes the step:
+    promotion reuses the registered version and an unscored champion of this study is scored then.
+    Any other failure closes the parent run FAILED."""
+    settings, study, tracker, interrupts = session.settings, session.study, session.tracker, session.interrupts
+    try:
+        with interrupts:
+            finalize(study, settings, tracker, session.split, source=session.data_folder, check=interrupts.check)
+            interrupts.check()
+            log_study_report(study, tracker, quiet=settings.quiet)
+            interrupts.check()
+    except KeyboardInterrupt as interrupt:
+        close_study_run(tracker, "KILLED")
+        c = counts(study)
+        print(f"{'terminated' if isinstance(interrupt, Terminated) else 'interrupted'}: study "
+              f"{settings.study_name!r} saved with {c['finished']} of {settings.trials} trials finished, "
+              f"stopped while promoting its best trial and logging the report; run the same command again "
+              f"to finish them", file=sys.stderr)
+        raise
+    except Exception:
+        close_study_run(tracker, "FAILED")
+        raise
 
 
 def close_study_run(tracker, status: str) -> None:

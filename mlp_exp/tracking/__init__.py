@@ -10,6 +10,7 @@ promotion, model scoring and the UI server. mlflow is imported on first use
     trial_run    TrialRun: one trial's logging, on a background thread
     registry     log_model, promote, champion (a Tracker mixin)
     scoring      load_model, score_model: a logged model on raw images
+    evaluation   logged evaluation and provenance: datasets, source tags, test scores
     mlflow_model the model file MLflow executes to load a logged model
     ui_server    UIServer: `mlflow server` over the store, as a child process
 """
@@ -20,7 +21,8 @@ from .names import (DEFAULT_TRACKING_URI, TRACKING_URI_ENV, DEFAULT_MODEL_NAME, 
                     GRID_UNITS, CURVES_ARTIFACT, CURVES_DPI, MODEL_NAME_IN_RUN, TERMINAL_STATUSES,
                     check_names)
 from .registry import Champion, Promotion
-from .scoring import LoadedModel, load_model, score_model, score_on_test_set
+from .scoring import LoadedModel, load_model, score_model
+from .evaluation import evaluate_on_test_set
 from .store import artifact_root, check_store, resolve_tracking_uri
 from .tracker import TrackedRun, Tracker
 from .trial_run import TrialRun
@@ -30,6 +32,6 @@ __all__ = ["DEFAULT_TRACKING_URI", "TRACKING_URI_ENV", "DEFAULT_MODEL_NAME", "CH
            "RECONCILED_TAG", "TRIAL_TAG", "PARENT_TAG", "ERROR_TAG", "STOP_REASON_TAG",
            "PRUNED_AT_TAG", "DIVERGED_TAG", "VAL_ACCURACY_TAG", "EPOCH_METRICS", "GRID_KEY",
            "GRID_UNITS", "CURVES_ARTIFACT", "CURVES_DPI", "MODEL_NAME_IN_RUN", "TERMINAL_STATUSES",
-           "Champion", "Promotion", "LoadedModel", "load_model", "score_model", "score_on_test_set",
+           "Champion", "Promotion", "LoadedModel", "load_model", "score_model", "evaluate_on_test_set",
            "artifact_root", "resolve_tracking_uri", "TrackedRun", "Tracker", "TrialRun", "check_names",
            "check_store"]

@@ -2,10 +2,12 @@
 
     source_tags           the mlflow.user / mlflow.source.* tags the fluent API puts on a run
     dataset_digest        a content digest of (images, labels)
-    log_dataset           a data set as an input of a run: name, digest, shape, source, context
+    dataset_input         a data set as an MLflow input: name, digest, shape, source, context
+    log_dataset           ... logged on a run
     log_evaluation        test accuracy, per-class precision and recall, the confusion matrix and
                           the test set on the model's run; a description on its registered version
-    evaluate_on_test_set  what `python -m mlp_exp.evaluate` does: load, score, log
+    log_score             log_evaluation of a score_model result: what evaluate and a study's end record
+    evaluate_on_test_set  what `python -m mlp_exp.evaluate` does: load, score, log_score
 
 Why not `mlflow.models.evaluate(model_type="classifier")`: it runs on the model
 only when loaded with model_config={"output": "label"} (its classifier evaluator
@@ -87,24 +89,21 @@ def dataset_digest(X, y=None) -> str:
     return h.hexdigest()[:16]
 
 
-def log_dataset(client, run_id: str, name: str, X, y, source, context: str, digest: str | None = None) -> str:
-    """Record (X, y) as an input of run `run_id` (the run page's Datasets); returns the digest.
+def dataset_input(name: str, X, y, source, context: str, digest: str | None = None):
+    """(X, y) as an MLflow DatasetInput: name, digest, shape, source and context; no data is copied.
 
     Inputs:
-    - client: an MlflowClient, or a Tracker (its .client)
     - X: images (N, 32, 32, 3) or rows (N, 3072), recorded as images; y: labels (N,)
     - source: where the data came from (a path or URI), kept as the dataset's source
     - context: "training", "validation", "test" ... (tag mlflow.data.context)
-    - digest: dataset_digest(X, y), if the caller already has it (e.g. once per study)
+    - digest: dataset_digest(X, y), if the caller already has it
 
-    The dataset's schema and profile hold dtype and shape; no data is copied. An
-    experiment keeps one dataset per (name, digest): logging the same content again,
-    on this run or another, links that dataset (with its first source) once more.
+    Build it once and log it on many runs (a study's trials): the digest of the
+    150 MB training set is computed here, not per run.
     """
     mlflow = import_mlflow()
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    client = getattr(client, "client", client)
     X, y = as_images(X), np.asarray(y)
     if y.shape != (len(X),):
         raise ValueError(f"y must have shape ({len(X)},), got {y.shape}")
@@ -113,9 +112,20 @@ def log_dataset(client, run_id: str, name: str, X, y, source, context: str, dige
     with warnings.catch_warnings():     # MLflow registers its local-file source class twice, and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         dataset = mlflow.data.from_numpy(X, source=source, targets=y, name=name, digest=digest)
-    client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**dataset.to_dict()),
-                                                     tags=[InputTag(_DATASET_CONTEXT_TAG, context)])])
-    return digest
+    return DatasetInput(Dataset(**dataset.to_dict()), tags=[InputTag(_DATASET_CONTEXT_TAG, context)])
+
+
+def log_dataset(client, run_id: str, name: str, X, y, source, context: str, digest: str | None = None) -> str:
+    """Record (X, y) as an input of run `run_id` (the run page's Datasets); returns the digest.
+
+    `client` is an MlflowClient or a Tracker (its .client); the rest as for dataset_input.
+    The dataset's schema and profile hold dtype and shape. An experiment keeps one
+    dataset per (name, digest): logging the same content again, on this run or another,
+    links that dataset (with its first source) once more.
+    """
+    entry = dataset_input(name, X, y, source, context, digest)
+    getattr(client, "client", client).log_inputs(run_id, datasets=[entry])
+    return entry.dataset.digest
 
 
 # ------------------------------------------------------------------ scores
@@ -257,20 +267,48 @@ def registered_version(client, model_uri: str) -> tuple[str, str] | None:
     return (name, version) if name and version.isdigit() else None
 
 
-# ------------------------------------------------------------------ the command
+# ------------------------------------------------------------------ scored, then logged
+
+def log_score(client, model_uri: str, score: dict, X, y_true, label_names: Sequence[str], *, source,
+              hint: str = "") -> str | None:
+    """log_evaluation of a score_model result made with predictions=True, on the model's run and,
+    for a models:/<name>@<alias> or /<version> URI, on that registered version.
+
+    What `evaluate` and the end of a study both record. Returns "<name>/<version>"
+    or None. A store that refuses the writes is a UserError naming the score (it
+    was computed) and ending with `hint` (how to do without the logging).
+    """
+    mlflow = import_mlflow()
+    client = getattr(client, "client", client)
+    try:
+        registered = registered_version(client, model_uri)
+        log_evaluation(client, score["run_id"], X, y_true, score["predictions"], label_names, source=source,
+                       model_name=registered and registered[0], version=registered and registered[1],
+                       model_id=_model_id_of(model_uri))
+    except Exception as err:            # the store refused the writes: say so, and how to skip them
+        if not isinstance(err, (mlflow.exceptions.MlflowException, OSError)) \
+                and type(err).__module__.split(".")[0] != "sqlalchemy":
+            raise
+        raise UserError(f"scored {model_uri} (test accuracy {score['test_accuracy']:.4f}) but could "
+                        f"not log the evaluation: {one_line(err, 200)}{hint}") from err
+    return registered and "/".join(registered)
+
 
 def evaluate_on_test_set(model_uri: str, tracking_uri=None, data_dir=None, test_size=None, *,
-                         log: bool = True, predictions: bool = False) -> dict:
+                         log: bool = True, predictions: bool = False, interrupts=None) -> dict:
     """Load the model, then the CIFAR-10 test set (its first `test_size` images), score it and,
-    with `log`, record the evaluation (log_evaluation) on the model's run and, for a
-    models:/<name>@<alias> or /<version> URI, on that registered version.
+    with `log`, record the evaluation (log_score) on the model's run and registered version.
 
     Returns score_model's dict, plus model_version ("<name>/<version>" or None) and
     logged (bool); with `predictions`, also predictions and labels: the predicted and the
-    true label of every image (lists of N ints).
+    true label of every image (lists of N ints). `interrupts` (an Interrupts, entered):
+    Ctrl-C stops loading and scoring at once, but never the logging, which is all or nothing.
     """
     from .. import data
+    from ..hold import hold_step
+    from ..interrupts import Interrupts
 
+    interrupts = interrupts or Interrupts()
     if test_size is not None and test_size < 1:
         raise UserError(f"--test-size must be >= 1, got {test_size}")
     if log:     # a store that cannot take the evaluation says so before any work, not after
@@ -278,33 +316,27 @@ def evaluate_on_test_set(model_uri: str, tracking_uri=None, data_dir=None, test_
             check_store(tracking_uri, write=True)
         except UserError as err:
             raise UserError(f"{err}; or pass --no-log to only print the score") from None
-    model = load_model(model_uri, tracking_uri)     # fail fast, before reading data
-    folder = data.ensure_cifar10(data_dir)
-    _, _, X_test, y_test = data.load_cifar10_uint8(folder)
-    if test_size is not None:
-        if test_size > len(X_test):
-            raise UserError(f"--test-size {test_size} exceeds the {len(X_test)} test images in {folder}")
-        X_test, y_test = X_test[:test_size], y_test[:test_size]
-    label_names = data.load_label_names(folder)
-    score = score_model(model, X_test, y_test, label_names=label_names, predictions=True)
-    predicted = score["predictions"] if predictions else score.pop("predictions")
-    if predictions:
-        score["labels"] = y_test.tolist()
+    with interrupts.interruptible():    # reads and computation only
+        model = load_model(model_uri, tracking_uri)     # fail fast, before reading data
+        folder = data.ensure_cifar10(data_dir)
+        _, _, X_test, y_test = data.load_cifar10_uint8(folder)
+        if test_size is not None:
+            if test_size > len(X_test):
+                raise UserError(f"--test-size {test_size} exceeds the {len(X_test)} test images in {folder}")
+            X_test, y_test = X_test[:test_size], y_test[:test_size]
+        label_names = data.load_label_names(folder)
+        score = score_model(model, X_test, y_test, label_names=label_names, predictions=True)
     score.update(model_version=None, logged=False)
     if log and model.run_id is not None:
+        hold_step("evaluate", interrupts.check)        # tests only: see hold.py
+        interrupts.check()                             # stopped before logging: nothing is logged
         mlflow = import_mlflow()
         client = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri, create=False))
-        try:
-            registered = registered_version(client, model_uri)
-            log_evaluation(client, model.run_id, X_test, y_test, predicted, label_names,
-                           source=folder, model_name=registered and registered[0],
-                           version=registered and registered[1], model_id=_model_id_of(model_uri))
-        except Exception as err:            # the store refused the writes: say so, and how to skip them
-            if not isinstance(err, (mlflow.exceptions.MlflowException, OSError)) \
-                    and type(err).__module__.split(".")[0] != "sqlalchemy":
-                raise
-            raise UserError(f"scored {model_uri} (test accuracy {score['test_accuracy']:.4f}) but could "
-                            f"not log the evaluation: {one_line(err, 200)}; pass --no-log to only "
-                            f"print the score") from err
-        score.update(model_version=registered and "/".join(registered), logged=True)
+        version = log_score(client, model_uri, score, X_test, y_test, label_names, source=folder,
+                            hint="; pass --no-log to only print the score")
+        score.update(model_version=version, logged=True)
+    if predictions:
+        score["labels"] = y_test.tolist()
+    else:
+        score.pop("predictions")
     return score

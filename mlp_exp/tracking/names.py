@@ -24,6 +24,17 @@ PRUNED_AT_TAG = "pruned_at_epoch"
 DIVERGED_TAG = "diverged"               # "true" on a run whose loss became non-finite
 VAL_ACCURACY_TAG = "val_accuracy"      # on model versions: what promotion compares
 BASIS_TAG = "mlp_exp.basis"            # on model versions: the images that val accuracy was measured on
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"   # on a logged model: its registered versions (MLflow's key)
+
+# on the study's parent run, when the study ends (finalize)
+BEST_TRIAL_TAG = "mlp_exp.best_trial"            # the best trial's number
+BEST_RUN_TAG = "mlp_exp.best_run_id"             # ... and its run
+MODEL_VERSION_TAG = "mlp_exp.model_version"      # the version the best trial was registered as
+CHAMPION_VERSION_TAG = "mlp_exp.champion_version"  # the version @champion points at after promotion
+BEST_VAL_METRIC = "best_val_accuracy"            # metric: the best trial's val accuracy
+
+# the data sets a run saw, as MLflow dataset inputs (evaluation.dataset_input)
+TRAIN_DATASET, VAL_DATASET = "cifar10-train", "cifar10-val"
 
 EPOCH_METRICS = ("loss", "train_accuracy", "val_accuracy", "learning_rate")
 GRID_KEY = "first_layer_weights"

@@ -2,9 +2,10 @@
 
 A model is logged from code (mlflow_model.py, no pickle): its weights and
 preprocessing statistics in weights.npz, its config and class names in
-config.json. Promotion registers a run's model as a version tagged with its
-val accuracy and moves alias `champion` to it only if that beats the current
-champion's; scoring on the test set happens after, once, in the study layer.
+config.json. Promotion registers a run's logged model as a version tagged with
+its val accuracy (the logged model names the version back) and moves alias
+`champion` to it only if that beats the current champion's; scoring on the test
+set happens after, once, in the study layer, and is logged by log_score.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import numpy as np
 from ..config import TrainConfig
 from ..errors import UserError
 from ..net import PARAM_NAMES
-from .names import BASIS_TAG, CHAMPION_ALIAS, DEFAULT_MODEL_NAME, MODEL_NAME_IN_RUN, VAL_ACCURACY_TAG
+from .names import (BASIS_TAG, CHAMPION_ALIAS, DEFAULT_MODEL_NAME, MODEL_NAME_IN_RUN, MODEL_VERSIONS_TAG,
+                    VAL_ACCURACY_TAG)
 from .scoring import score_model
 from .store import filter_literal, import_mlflow
 
@@ -160,6 +162,7 @@ class ModelRegistry:
                 f"name = {filter_literal(model_name)} AND run_id = '{run_id}'")
             if existing:
                 version = str(min(int(v.version) for v in existing))
+                self._link_logged_model(model_name, version, model_id)     # a store from before the link
             else:
                 # mlflow resolves the source through the global tracking URI: point it at ours
                 mlflow.set_tracking_uri(self.tracking_uri)
@@ -174,6 +177,7 @@ class ModelRegistry:
                 if lowest < int(version):
                     self.client.delete_model_version(model_name, version)
                     version = str(lowest)
+                self._link_logged_model(model_name, version, model_id)
             current = self.champion(model_name)
             if current is not None and current.version == version:
                 return Promotion(version, False, current)
@@ -186,8 +190,38 @@ class ModelRegistry:
                 current = Champion(version, run_id, float(val_accuracy), f"models:/{model_name}/{version}", basis)
         return Promotion(version, wins, current)
 
-    def score_model(self, model_uri: str, X, y, label_names: Sequence[str] | None = None) -> dict:
+    def _link_logged_model(self, model_name: str, version: str, model_id: str | None) -> None:
+        """Name the registered version on its logged model (tag mlflow.modelVersions), so the model's
+        page in the UI links to it, as mlflow.register_model does.
+
+        Not mlflow.register_model itself: it prints two lines to stderr, resolves the store through
+        the global tracking URI, and appends the entry even when an MLflow server has already added
+        it (a server's create_model_version links the model; a local store's does not). Here the
+        entry is added once, whichever store this is.
+        """
+        if model_id is None:        # a version registered from a path, not a logged model
+            return
+        model = self.client.get_logged_model(model_id)
+        linked = json.loads(model.tags.get(MODEL_VERSIONS_TAG) or "[]")
+        entry = {"name": model_name, "version": str(version)}
+        if entry not in [{"name": e.get("name"), "version": str(e.get("version"))} for e in linked]:
+            self.client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps([*linked, entry])})
+
+    def evaluated(self, model_name: str, version: str) -> bool:
+        """Whether registered `version` carries a logged test evaluation (evaluation.log_evaluation)."""
+        from .evaluation import VERSION_TAGS
+        return VERSION_TAGS[0] in self.client.get_model_version(model_name, str(version)).tags
+
+    def score_model(self, model_uri: str, X, y, label_names: Sequence[str] | None = None, *,
+                    predictions: bool = False) -> dict:
         """scoring.score_model on a model of this store."""
-        return score_model(model_uri, X, y, label_names=label_names, tracking_uri=self.tracking_uri)
+        return score_model(model_uri, X, y, label_names=label_names, tracking_uri=self.tracking_uri,
+                           predictions=predictions)
+
+    def log_score(self, model_uri: str, score: dict, X, y, label_names: Sequence[str], source) -> str | None:
+        """evaluation.log_score in this store: the test evaluation on the model's run and version."""
+        from .evaluation import log_score
+        return log_score(self.client, model_uri, score, X, y, label_names, source=source,
+                         hint="; the model is registered: score and log it later with python -m mlp_exp.evaluate")
 
 

@@ -122,19 +122,3 @@ def score_model(model, X, y, label_names: Sequence[str] | None = None, tracking_
         score["predictions"] = predicted.tolist()
     return score
 
-
-def score_on_test_set(model_uri: str, tracking_uri=None, data_dir=None, test_size=None) -> dict:
-    """Load the model, then the CIFAR-10 test set (its first `test_size` images), and score it
-    (see score_model for the result); what `python -m mlp_exp.evaluate` reports."""
-    from .. import data
-
-    if test_size is not None and test_size < 1:
-        raise UserError(f"--test-size must be >= 1, got {test_size}")
-    model = load_model(model_uri, tracking_uri)     # fail fast, before reading data
-    folder = data.ensure_cifar10(data_dir)
-    _, _, X_test, y_test = data.load_cifar10_uint8(folder)
-    if test_size is not None:
-        if test_size > len(X_test):
-            raise UserError(f"--test-size {test_size} exceeds the {len(X_test)} test images in {folder}")
-        X_test, y_test = X_test[:test_size], y_test[:test_size]
-    return score_model(model, X_test, y_test, label_names=data.load_label_names(folder))

@@ -3,11 +3,16 @@
 Layout of what lands in the store (names from tracking.names):
 
     experiment <study name>               artifacts beside the sqlite db: mlruns/artifacts
-      run <study name>                    the study's parent run, tag mlp_exp.study
+      run <study name>                    the study's parent run, tag mlp_exp.study; at the end tags
+                                          mlp_exp.best_trial, .best_run_id, .model_version,
+                                          .champion_version and metric best_val_accuracy
         run trial-007                     nested (mlflow.parentRunId), tag optuna.trial_number
+          tags       mlflow.user, mlflow.source.name / .type / .git.commit (as the fluent API sets them)
+          datasets   cifar10-train, cifar10-val (contexts training, validation), by content digest
           params     asdict(TrainConfig): enough to re-run the trial
           metrics    loss, train_accuracy, val_accuracy, learning_rate at step = epoch;
-                     best_val_accuracy, best_epoch; test_accuracy, num_test on the champion
+                     best_val_accuracy, best_epoch; on the champion the test evaluation
+                     (evaluation.log_evaluation: test metrics, confusion matrix, dataset cifar10-test)
           images     first_layer_weights at step = epoch (the UI steps through training)
           artifacts  training_curves.png; model/ (pyfunc from code, weights in .npz)
     registered model mlp-cifar10          versions tagged val_accuracy; alias `champion`
@@ -15,6 +20,7 @@ Layout of what lands in the store (names from tracking.names):
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
@@ -25,13 +31,24 @@ from urllib.parse import unquote, urlparse
 
 from ..config import TrainConfig
 from ..urls import safe_url
-from .names import (GRID_UNITS, PARENT_TAG, ROLE_TAG, STUDY_TAG, TERMINAL_STATUSES, TRIAL_TAG)
+from .names import (BEST_RUN_TAG, BEST_TRIAL_TAG, BEST_VAL_METRIC, CHAMPION_VERSION_TAG, GRID_UNITS,
+                    MODEL_VERSION_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG, TERMINAL_STATUSES, TRAIN_DATASET,
+                    TRIAL_TAG, VAL_DATASET)
 from .registry import ModelRegistry
 from .store import (artifact_location, filter_literal, import_mlflow, prepare_store, resolve_tracking_uri,
                     sqlite_path, store_errors, store_lock, store_lock_path)
 from .trial_run import TrialRun
 
 log = logging.getLogger("mlp_exp.tracking")
+
+
+@functools.cache
+def run_source_tags() -> dict:
+    """evaluation.source_tags, passwords hidden, resolved once per process (it may ask git): the
+    user, entry point and commit MLflow's fluent start_run would set, for the runs created here
+    with MlflowClient.create_run, which sets none."""
+    from .evaluation import source_tags
+    return {key: safe_url(value) for key, value in source_tags().items()}
 
 
 @dataclass
@@ -78,6 +95,7 @@ class Tracker(ModelRegistry):
         self.grid_units = grid_units
         self.study_name: str | None = None
         self.parent_run_id: str | None = None
+        self.trial_datasets: list = []      # DatasetInputs logged on every trial run (set_trial_datasets)
         self._ended: list[TrialRun] = []    # ended but not yet waited for
         self._ended_lock = threading.Lock()
         self._lock_path = store_lock_path(self.tracking_uri)
@@ -199,7 +217,7 @@ class Tracker(ModelRegistry):
                     self.client.update_run(run.info.run_id, status="RUNNING")
             else:
                 run = self.client.create_run(self._require_experiment(), run_name=study_name,
-                                             tags={STUDY_TAG: study_name, ROLE_TAG: "study"})
+                                             tags={**run_source_tags(), STUDY_TAG: study_name, ROLE_TAG: "study"})
                 oldest = self._study_runs(study_name)[0]
                 if oldest.info.run_id != run.info.run_id:
                     self.client.delete_run(run.info.run_id)
@@ -239,10 +257,19 @@ class Tracker(ModelRegistry):
             raise ValueError(f"extra params {', '.join(clash)} would overwrite config fields")
         run = self.client.create_run(
             self._require_experiment(), run_name=f"trial-{trial_number:03d}",
-            tags={PARENT_TAG: self.parent_run_id, STUDY_TAG: self.study_name, ROLE_TAG: "trial",
-                  TRIAL_TAG: str(trial_number), **(tags or {})})
+            tags={**run_source_tags(), PARENT_TAG: self.parent_run_id, STUDY_TAG: self.study_name,
+                  ROLE_TAG: "trial", TRIAL_TAG: str(trial_number), **(tags or {})})
         self._log_batch(run.info.run_id, params={**config.asdict(), **extra})
+        if self.trial_datasets:
+            self.client.log_inputs(run.info.run_id, datasets=self.trial_datasets)
         return TrialRun(self, run.info.run_id, trial_number)
+
+    def set_trial_datasets(self, X_train, y_train, X_val, y_val, source) -> None:
+        """The training and validation sets every trial run started after this gets as dataset inputs
+        (contexts training and validation), their digests computed here, once for the process."""
+        from .evaluation import dataset_input
+        self.trial_datasets = [dataset_input(TRAIN_DATASET, X_train, y_train, source, "training"),
+                               dataset_input(VAL_DATASET, X_val, y_val, source, "validation")]
 
     def attach_trial(self, run_id: str) -> "TrialRun":
         """A TrialRun for an existing trial run, set back to RUNNING (e.g. to finish it from another process)."""
@@ -294,6 +321,24 @@ class Tracker(ModelRegistry):
         if tags:
             self._log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, status)
+
+    def log_study_outcome(self, best_trial: int, best_run_id: str, best_val_accuracy: float,
+                          model_version: str, champion_version: str, test_accuracy: float | None = None,
+                          num_test: int | None = None) -> None:
+        """On the study's parent run, at its end: the best trial, its run and val accuracy (metric
+        best_val_accuracy), the version it was registered as, the @champion version, and the test
+        accuracy when this study's version was scored as champion."""
+        metrics = {BEST_VAL_METRIC: best_val_accuracy}
+        if test_accuracy is not None:
+            metrics.update(test_accuracy=test_accuracy, num_test=num_test)
+        self._log_batch(self._require_parent(), metrics=metrics, tags={
+            BEST_TRIAL_TAG: best_trial, BEST_RUN_TAG: best_run_id, MODEL_VERSION_TAG: model_version,
+            CHAMPION_VERSION_TAG: champion_version})
+
+    def _require_parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("call study_run(study_name) first")
+        return self.parent_run_id
 
     def log_test_accuracy(self, run_id: str, test_accuracy: float, num_test: int) -> None:
         """Metrics test_accuracy and num_test on the champion's run and on the study's parent run."""
