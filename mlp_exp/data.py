@@ -338,7 +338,7 @@ def prepare_cifar10(data_dir=None, *, train_size=49000, val_size=1000, test_size
 class FittedPreprocessors(Mapping):
     """mode -> Preprocessor fitted on the training rows, each fitted when first asked for.
 
-    A study offers every mode but uses one or two: fitting "zca" takes ~20 s on the full
+    A study offers every mode but uses one or two: fitting "zca" takes ~16 s on the full
     training set (a 3072 x 3072 eigendecomposition), which a study that never whitens must
     not pay. "zca" reuses the "standardize" statistics when they are fitted already.
     """
