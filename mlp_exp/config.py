@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .optim import UPDATE_RULES
 
-PREPROCESSINGS = ("mean_image", "standardize")   # data.fit_preprocessor's modes
+PREPROCESSINGS = ("mean_image", "standardize", "zca")   # preprocessing.fit_preprocessor's modes
 IMAGE_SHAPE = (32, 32, 3)   # HWC: how a flattened CIFAR-10 row is laid out (flips, weight grids)
 
 
@@ -34,9 +34,10 @@ class TrainConfig:
     init_std: float = 6e-3          # std of the initial weights; the spec's first cost (8.13) implies ~6e-3
     preprocessing: str = "mean_image"   # one of PREPROCESSINGS; fixed per study (data is prepared once)
     flip: bool = False              # random horizontal flips of training images
+    translate: int = 0              # random shifts of training images by up to this many pixels each way
     train_size: int = 49000
     val_size: int = 1000
-    seed: int = 0                   # seeds init, shuffling, flips and the train-accuracy sample
+    seed: int = 0                   # seeds init, shuffling, flips, shifts and the train-accuracy sample
 
     def __post_init__(self):
         for name in ("hidden_size", "batch_size", "num_epochs", "train_size", "val_size"):
@@ -60,6 +61,11 @@ class TrainConfig:
                 f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {self.preprocessing!r}")
         if not isinstance(self.flip, bool):
             raise ValueError(f"flip must be true or false, got {self.flip!r}")
+        # a shift of half the image or more would leave at most a sliver of it: no augmentation
+        limit = min(IMAGE_SHAPE[:2]) // 2
+        if isinstance(self.translate, bool) or not isinstance(self.translate, int) \
+                or not 0 <= self.translate < limit:
+            raise ValueError(f"translate must be an integer in [0, {limit}), got {self.translate!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
 

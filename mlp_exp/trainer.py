@@ -5,8 +5,8 @@ and progress display hook in as callbacks: each is called with an `EpochStats`
 after every epoch and may raise `StopTraining` to end the run early. A loss
 that stops being finite ends the run at once with `stop_reason="diverged"`.
 
-All randomness (initial weights, epoch shuffles, flips, the train-accuracy
-sample) comes from one `np.random.default_rng(config.seed)`, so a run is
+All randomness (initial weights, epoch shuffles, flips, shifts, the
+train-accuracy sample) comes from one `np.random.default_rng(config.seed)`, so a run is
 reproducible from its config alone.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from .config import IMAGE_SHAPE, TrainConfig
 from .kernels import FusedStep, predict_float32
 from .net import init_params
+from .preprocessing import mirror_columns
 
 # Train accuracy is measured on a fixed random sample of this many training
 # images, as the spec did: the full set would cost a third of an epoch.
@@ -73,6 +74,27 @@ def flip_rows(X, rows, image_shape=IMAGE_SHAPE):
     images[rows] = images[rows, :, ::-1]
 
 
+def translate_rows(X, shifts, out=None, image_shape=IMAGE_SHAPE):
+    """Each image of X (B, D) shifted by its shifts[i] = (dy, dx) pixels, down and right, into out.
+
+    Output pixel (y, x) is input pixel (y - dy, x - dx); pixels shifted in from outside are 0,
+    which after any of the preprocessings is the training set's mean. `out` (B, D), not X itself,
+    may be given to reuse a buffer. One slice copy per image: faster than a single gather through
+    a per-image index table (1.1 ms against 2.2 ms per batch of 200 with flips, 2026-12-02).
+    """
+    X = np.asarray(X)
+    height, width = image_shape[:2]
+    if out is None:
+        out = np.empty_like(X)
+    images = X.reshape((X.shape[0],) + tuple(image_shape))
+    shifted = out.reshape(images.shape)
+    shifted[...] = 0
+    for i, (dy, dx) in enumerate(np.asarray(shifts).tolist()):
+        shifted[i, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+            images[i, max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    return out
+
+
 def mirror_rows(X, image_shape=IMAGE_SHAPE, chunk_rows=1024):
     """A copy of X (N, D) with every image mirrored left-right: what `train` flips from.
 
@@ -85,7 +107,7 @@ def mirror_rows(X, image_shape=IMAGE_SHAPE, chunk_rows=1024):
     if rows.ndim != 2 or rows.shape[1] != int(np.prod(image_shape)):
         raise ValueError(f"mirror_rows needs (N, {int(np.prod(image_shape))}) rows of {image_shape} images, "
                          f"got shape {rows.shape}")
-    mirror = np.arange(rows.shape[1]).reshape(image_shape)[:, ::-1].reshape(-1)   # column permutation
+    mirror = mirror_columns(image_shape)
     out = np.empty_like(rows)
     for start in range(0, rows.shape[0], chunk_rows):
         np.take(rows[start:start + chunk_rows], mirror, axis=1, out=out[start:start + chunk_rows])
@@ -106,12 +128,17 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
       pixels (uint8) and each minibatch is preprocessed as it is drawn. A study
       keeps one uint8 copy of the data (4x smaller than float32) and every
       trial may choose its own preprocessing.
-      Without it, X_train and X_val are already preprocessed float32.
+      Without it, X_train and X_val are already preprocessed float32 (for
+      "zca", whitened once: data.RawSplit.training_rows).
     - X_train_mirrored: optional `mirror_rows(X_train)`. With config.flip, the
       flipped rows of each minibatch are then gathered from it rather than
-      mirrored in place: the same numbers, several times faster. Flips happen
-      before preprocessing; the "standardize" statistics are mirror-symmetric,
-      so for it the order makes no difference.
+      mirrored by a column permutation of the batch: the same numbers, faster.
+      Flips happen before preprocessing; the "standardize" and "zca" statistics
+      are mirror-symmetric, so for them the order makes no difference, and
+      whitened rows can be flipped as they are.
+    With config.translate, every image of a minibatch is then shifted by its own
+    (dy, dx) drawn from [-translate, translate]^2 (`translate_rows`), after
+    preprocessing, so the pixels shifted in are zero: the mean.
     """
     rng = np.random.default_rng(config.seed)
     num_train, input_size = X_train.shape
@@ -119,9 +146,9 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
     if params is None:
         params = init_params(input_size, config.hidden_size, num_classes, rng, config.init_std,
                              dtype=np.float32)
-    if config.flip and input_size != int(np.prod(IMAGE_SHAPE)):
-        raise ValueError(f"flip needs {IMAGE_SHAPE} images ({np.prod(IMAGE_SHAPE)} inputs), "
-                         f"got {input_size} inputs")
+    if (config.flip or config.translate) and input_size != int(np.prod(IMAGE_SHAPE)):
+        raise ValueError(f"{'flip' if config.flip else 'translate'} needs {IMAGE_SHAPE} images "
+                         f"({np.prod(IMAGE_SHAPE)} inputs), got {input_size} inputs")
     if X_train_mirrored is not None and (np.shape(X_train_mirrored) != X_train.shape
                                          or X_train_mirrored.dtype != X_train.dtype):
         raise ValueError(f"X_train_mirrored must be mirror_rows(X_train), shape {X_train.shape} "
@@ -132,10 +159,13 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
     X_sample, y_sample = X_train[sample], y_train[sample]
     # each minibatch is gathered into (and, with a preprocessor, converted into) buffers reused all run
     raw_buffer = np.empty((batch_size, input_size), X_train.dtype)
-    batch_buffer = None
+    batch_buffer = shift_buffer = None
     if preprocessor is not None:
         X_sample, X_val = preprocessor.apply(X_sample), preprocessor.apply(X_val)
         batch_buffer = np.empty((batch_size, input_size), np.float32)
+    if config.translate:
+        shift_buffer = np.empty((batch_size, input_size), np.float32 if preprocessor else X_train.dtype)
+    mirror = mirror_columns()
 
     step = FusedStep(params, config.update, config.reg, config.momentum)
     learning_rate = config.learning_rate
@@ -153,12 +183,15 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
                 X_batch = np.take(X_train, batch, axis=0, out=raw_buffer)   # (B, D) gathered copy, safe to flip
                 if config.flip:
                     flipped = np.flatnonzero(rng.random(batch_size) < 0.5)
-                    if X_train_mirrored is None:
-                        flip_rows(X_batch, flipped)
+                    if X_train_mirrored is None:     # a column permutation: 3x faster than flip_rows
+                        X_batch[flipped] = np.take(X_batch[flipped], mirror, axis=1)
                     else:
                         X_batch[flipped] = X_train_mirrored[batch[flipped]]
                 if preprocessor is not None:
                     X_batch = preprocessor.apply(X_batch, out=batch_buffer)
+                if config.translate:
+                    shifts = rng.integers(-config.translate, config.translate + 1, size=(batch_size, 2))
+                    X_batch = translate_rows(X_batch, shifts, out=shift_buffer)
                 loss = step.step(X_batch, y_train[batch], learning_rate)
                 loss_history[it] = loss
                 it += 1

@@ -680,8 +680,8 @@ def test_prepare_rejects_sizes_beyond_a_small_replica(fake_folder):
 
 def test_prepare_rejects_unknown_preprocessing(fake_folder):
     with pytest.raises(UserError) as err:
-        prepare_cifar10(fake_folder[0], train_size=10, val_size=10, preprocessing="zca", download=False)
-    assert_one_line_naming(err, "zca")
+        prepare_cifar10(fake_folder[0], train_size=10, val_size=10, preprocessing="pca", download=False)
+    assert_one_line_naming(err, "pca")
 
 
 def test_import_does_not_touch_disk_or_network(tmp_path):

@@ -139,10 +139,10 @@ class Objective:
                 callback(stats)
 
         with self.interrupts.interruptible():
-            result = train(self.data.X_train, self.data.y_train, self.data.X_val, self.data.y_val,
-                           config, callbacks=[self.interrupts.deferring(after_epoch)],
-                           preprocessor=self.data.preprocessors[config.preprocessing],
-                           X_train_mirrored=self.mirrored_train() if config.flip else None)
+            X_train, X_val, preprocessor = self.data.training_rows(config.preprocessing)
+            result = train(X_train, self.data.y_train, X_val, self.data.y_val,
+                           config, callbacks=[self.interrupts.deferring(after_epoch)], preprocessor=preprocessor,
+                           X_train_mirrored=self.mirrored_train() if config.flip and preprocessor is not None else None)
         run.log_result(result, diagnosis.as_tags(diagnosis.diagnose(*result.curves())))
         if result.diverged:
             epoch = result.epochs[-1].epoch

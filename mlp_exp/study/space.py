@@ -15,20 +15,27 @@ from . import attrs
 from .settings import StudySettings
 
 # The search space, as data: name -> (kind, low, high) or ("categorical", choices).
-# Ranges are for standardized inputs (unit variance per pixel), centred on the
-# region the README's measurements found best, with room each way.
+# Ranges are for ZCA-whitened inputs (STUDY_DEFAULTS), centred on the region the
+# README's measurements found best, with room each way. Whitening leaves a total
+# variance of 627 instead of standardize's 3072, so the learning rate that worked,
+# 0.09, is about five times standardize's best (0.017); whitened inputs let the net
+# memorise (train 0.97 after 8 epochs at reg 1e-4), and reg 1e-3 is what turned
+# whitening from a loss (test 0.543) into the 0.645 of "What the net sees".
 SEARCH_SPACE = {
     "hidden_size": ("int_log", 300, 2000),
-    "learning_rate": ("float_log", 1e-3, 3e-2),
-    "reg": ("float_log", 1e-5, 1e-2),
+    "learning_rate": ("float_log", 1e-2, 3e-1),
+    "reg": ("float_log", 1e-4, 1e-2),
     "momentum": ("float", 0.8, 0.95),
     "lr_decay": ("float", 0.85, 0.98),
 }
 
 # Settings every searched trial starts from (the search space and --fixed override them).
+# ZCA whitening with +-2 px translations (and flips): test 0.645 / 0.647 over two seeds at
+# hidden 1500, against 0.583 / 0.582 standardized with flips; either alone reached at most
+# 0.598 (README: What the net sees). init_std 0.044 is the std that run started from.
 STUDY_DEFAULTS = dict(
-    update="momentum", batch_size=200, init_std=2e-2,
-    preprocessing="standardize", flip=True,
+    update="momentum", batch_size=200, init_std=0.044,
+    preprocessing="zca", flip=True, translate=2,
 )
 
 # Trial 0 replays the spec notebook's best grid configuration, so the study
@@ -37,7 +44,7 @@ STUDY_DEFAULTS = dict(
 SPEC_BASELINE = dict(
     hidden_size=500, learning_rate=1e-5, reg=1.0, momentum=0.9, lr_decay=0.95,
     update="momentum", batch_size=100, num_epochs=5, init_std=6e-3,
-    preprocessing="mean_image", flip=False,
+    preprocessing="mean_image", flip=False, translate=0,
 )
 
 

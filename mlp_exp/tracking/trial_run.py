@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import one_line
+from ..preprocessing import fold_into_first_layer
 from .names import (CURVES_ARTIFACT, CURVES_DPI, EPOCH_METRICS, ERROR_TAG, GRID_KEY, LOGGING_ERROR_TAG,
                     STOP_REASON_TAG, TERMINAL_STATUSES)
 
@@ -102,9 +103,14 @@ class TrialRun:
         self._curves = result.curves()
 
     def log_model(self, params: dict, preprocessor, config: TrainConfig, label_names: Sequence[str]) -> str:
-        """Tracker.log_model on this run; call it before `end`. Returns the model URI."""
+        """Tracker.log_model on this run; call it before `end`. Returns the model URI.
+
+        A whitening preprocessor ("zca") is folded into the first layer first
+        (preprocessing.fold_into_first_layer): the logged model holds per-pixel
+        statistics and the four weight arrays, the format every model has."""
         if self.ended:
             raise RuntimeError(f"log the model of run {self.run_id} before ending it")
+        preprocessor, params = fold_into_first_layer(preprocessor, params)
         return self.tracker.log_model(self.run_id, params, preprocessor, config, label_names)
 
     def end(self, status: str = "FINISHED", tags: dict | None = None, *, wait: bool = False) -> None:
