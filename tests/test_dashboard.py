@@ -53,4 +53,4 @@ def test_optuna_dashboard_lists_the_study_with_its_metric_name_and_search_space(
     assert len(study["trials"]) == 3 and study["trials"][0]["number"] == 0
     # the searched trials' params; trial 0, the spec baseline, has none (its lr and reg lie outside
     # the space's ranges, where Optuna's own trial validation refuses them; its config is a user attr)
-    assert {p["name"] for p in study["union_search_space"]} == set(SEARCH_SPACE)
+    assert {p["name"] for p in study["union_search_space"]} == set(SEARCH_SPACE) - {"hidden_size"}  # TINY pins it
