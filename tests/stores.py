@@ -250,3 +250,39 @@ class MlflowServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.log.close()
+
+
+# a small net that learns fake_cifar's classes in 3 epochs: the champion of the model-facing tests
+CHAMPION_CONFIG = dict(hidden_size=16, num_epochs=3, learning_rate=1e-3, batch_size=50, train_size=300,
+                       val_size=100, preprocessing="standardize", init_std=1e-2)
+
+
+def fake_champion(root, study: str, model_name: str | None = None, num_test: int = 120, **config) -> dict:
+    """A store in `root` whose champion (`model_name`, default the product's) was trained on fake
+    CIFAR-10 (300 training rows, the next 100 for validation) and promoted as the search does.
+    Returns root, uri, tracker, run_id, model_uri, promotion, result, pre, folder, label_names,
+    X_test, y_test."""
+    from fake_cifar import write_fake_cifar10
+    from mlp_exp import data, preprocessing, tracking
+    from mlp_exp.config import TrainConfig
+    from mlp_exp.trainer import train
+
+    root = Path(root)
+    write_fake_cifar10(root / "data", per_batch=80, num_test=num_test)
+    folder = data.ensure_cifar10(root / "data", download=False)
+    X_train, y_train, X_test, y_test = data.load_cifar10_uint8(folder)
+    config = TrainConfig(**{**CHAMPION_CONFIG, **config})
+    pre = preprocessing.fit_preprocessor(X_train[:300], config.preprocessing)
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    tracker = tracking.Tracker(uri, study)
+    tracker.study_run(study)
+    run = tracker.start_trial(0, config)
+    result = train(pre.apply(X_train[:300]), y_train[:300], pre.apply(X_train[300:400]), y_train[300:400],
+                   config, callbacks=[run.log_epoch])
+    label_names = data.load_label_names(folder)
+    model_uri = run.log_model(result.best_params, pre, config, label_names)
+    run.end("FINISHED", wait=True)
+    promotion = tracker.promote(model_name or tracking.DEFAULT_MODEL_NAME, run.run_id, result.best_val_accuracy)
+    assert promotion.became_champion
+    return dict(root=root, uri=uri, tracker=tracker, run_id=run.run_id, model_uri=model_uri, promotion=promotion,
+                result=result, pre=pre, folder=folder, label_names=label_names, X_test=X_test, y_test=y_test)

@@ -9,11 +9,9 @@ import json
 
 import pytest
 
-from fake_cifar import write_fake_cifar10
 from helpers import run_cli
-from mlp_exp import data, preprocessing, tracking
-from mlp_exp.config import TrainConfig
-from mlp_exp.trainer import train
+from stores import fake_champion
+from mlp_exp import tracking
 
 NUM_TEST = 120
 LABELS = [f"class{i}" for i in range(10)]        # what fake_cifar writes into batches.meta
@@ -27,30 +25,13 @@ def run_evaluate(*args, cwd, env_uri=None):
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     """A store whose champion was trained on the fake data and scored on its test set, as the search does."""
-    root = tmp_path_factory.mktemp("evaluate")
-    write_fake_cifar10(root / "data", per_batch=80, num_test=NUM_TEST)
-    folder = data.ensure_cifar10(root / "data", download=False)
-    X_train, y_train, X_test, y_test = data.load_cifar10_uint8(folder)
-    config = TrainConfig(hidden_size=16, num_epochs=3, learning_rate=1e-3, batch_size=50, train_size=300,
-                         val_size=100, preprocessing="standardize", init_std=1e-2)
-    pre = preprocessing.fit_preprocessor(X_train[:300], config.preprocessing)
-
-    uri = f"sqlite:///{root}/mlruns/mlflow.db"
-    tracker = tracking.Tracker(uri, "eval-study")
-    tracker.study_run("eval-study")
-    run = tracker.start_trial(0, config)
-    result = train(pre.apply(X_train[:300]), y_train[:300], pre.apply(X_train[300:400]), y_train[300:400],
-                   config, callbacks=[run.log_epoch])
-    run.log_model(result.best_params, pre, config, data.load_label_names(folder))
-    run.end("FINISHED", wait=True)
-    promotion = tracker.promote(tracking.DEFAULT_MODEL_NAME, run.run_id, result.best_val_accuracy)
-    assert promotion.became_champion
-    score = tracker.score_model(tracking.DEFAULT_MODEL_URI, X_test, y_test)
-    tracker.log_test_accuracy(run.run_id, score["test_accuracy"], score["num_test"])
-    logged = tracker.get_run(run.run_id).metrics
-    return dict(root=root, uri=uri, run_id=run.run_id, test_accuracy=logged["test_accuracy"],
-                num_test=logged["num_test"], X_test=X_test, y_test=y_test, tracker=tracker)
-
+    made = fake_champion(tmp_path_factory.mktemp("evaluate"), "eval-study", num_test=NUM_TEST)
+    tracker, run_id = made["tracker"], made["run_id"]
+    score = tracker.score_model(tracking.DEFAULT_MODEL_URI, made["X_test"], made["y_test"])
+    tracker.log_test_accuracy(run_id, score["test_accuracy"], score["num_test"])
+    logged = tracker.get_run(run_id).metrics
+    return dict(root=made["root"], uri=made["uri"], run_id=run_id, test_accuracy=logged["test_accuracy"],
+                num_test=logged["num_test"], X_test=made["X_test"], y_test=made["y_test"], tracker=tracker)
 
 def test_json_reports_exactly_the_logged_test_accuracy(champion):
     out = run_evaluate("--json", "--data-dir", "data", "--tracking-uri", champion["uri"], cwd=champion["root"])

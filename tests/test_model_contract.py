@@ -17,17 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fake_cifar import write_fake_cifar10
 from helpers import REPO, cli_env, run_cli
-from mlp_exp import data, kernels, preprocessing, tracking
+from stores import CHAMPION_CONFIG, fake_champion
+from mlp_exp import kernels, tracking
 from mlp_exp.config import TrainConfig
 from mlp_exp.errors import UserError
 from mlp_exp.tracking import evaluation
-from mlp_exp.trainer import train
 
 OLD_MODEL_COMMIT = "ab6c30ff258f75f9ac3065093c962b21e43b73c8"     # the last one with the old contract
-CONFIG = TrainConfig(hidden_size=16, num_epochs=3, learning_rate=1e-3, batch_size=50, train_size=300,
-                     val_size=100, preprocessing="standardize", init_std=1e-2, seed=3)
+CONFIG = TrainConfig(**{**CHAMPION_CONFIG, "seed": 3})
 NUM_TEST = 120
 LABELS = [f"class{i}" for i in range(10)]        # what fake_cifar writes into batches.meta
 PROBS = [f"prob_{name}" for name in LABELS]
@@ -38,26 +36,16 @@ def store(tmp_path_factory):
     """A champion trained on fake CIFAR-10, promoted as `m`, and the net's own test-set labels."""
     import mlflow
 
-    root = tmp_path_factory.mktemp("contract")
-    write_fake_cifar10(root / "data", per_batch=80, num_test=NUM_TEST)
-    folder = data.ensure_cifar10(root / "data", download=False)
-    X_train, y_train, X_test, y_test = data.load_cifar10_uint8(folder)
-    pre = preprocessing.fit_preprocessor(X_train[:300], CONFIG.preprocessing)
-    uri = f"sqlite:///{root}/mlruns/mlflow.db"
-    tracker = tracking.Tracker(uri, "contract-study")
-    tracker.study_run("contract-study")
-    run = tracker.start_trial(0, CONFIG)
-    result = train(pre.apply(X_train[:300]), y_train[:300], pre.apply(X_train[300:]), y_train[300:],
-                   CONFIG, callbacks=[run.log_epoch])
-    model_uri = run.log_model(result.best_params, pre, CONFIG, LABELS)
-    run.end("FINISHED", wait=True)
-    promotion = tracker.promote("m", run.run_id, result.best_val_accuracy)
-    mlflow.set_tracking_uri(uri)
-    return dict(root=root, uri=uri, tracker=tracker, run_id=run.run_id, model_uri=model_uri,
-                version=promotion.version, params=result.best_params, pre=pre, folder=folder,
-                X_test=X_test, y_test=y_test, pyfunc=mlflow.pyfunc.load_model("models:/m@champion"),
-                expected=kernels.predict_float32(result.best_params, pre.apply(X_test)))
-
+    made = fake_champion(tmp_path_factory.mktemp("contract"), "contract-study", model_name="m", num_test=NUM_TEST,
+                         seed=CONFIG.seed)
+    assert made["label_names"] == LABELS
+    mlflow.set_tracking_uri(made["uri"])
+    params, pre = made["result"].best_params, made["pre"]
+    return dict(root=made["root"], uri=made["uri"], tracker=made["tracker"], run_id=made["run_id"],
+                model_uri=made["model_uri"], version=made["promotion"].version, params=params, pre=pre,
+                folder=made["folder"], X_test=made["X_test"], y_test=made["y_test"],
+                pyfunc=mlflow.pyfunc.load_model("models:/m@champion"),
+                expected=kernels.predict_float32(params, pre.apply(made["X_test"])))
 
 # ------------------------------------------------------------ what goes in and what comes out
 

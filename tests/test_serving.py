@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_cifar import write_fake_cifar10
 from helpers import cli_env, free_port, run_cli
-from mlp_exp import data, preprocessing, tracking
-from mlp_exp.config import TrainConfig
-from mlp_exp.trainer import train
+from stores import fake_champion
+from mlp_exp import data, tracking
 
 NUM_TEST = 120
 MODEL_URI = tracking.DEFAULT_MODEL_URI          # models:/mlp-cifar10@champion
@@ -33,25 +31,9 @@ VENV_BIN = str(Path(sys.executable).parent)
 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
-    """A store whose champion was trained on fake CIFAR-10 (as test_evaluate's)."""
-    root = tmp_path_factory.mktemp("serving")
-    write_fake_cifar10(root / "data", per_batch=80, num_test=NUM_TEST)
-    folder = data.ensure_cifar10(root / "data", download=False)
-    X_train, y_train, X_test, y_test = data.load_cifar10_uint8(folder)
-    config = TrainConfig(hidden_size=16, num_epochs=3, learning_rate=1e-3, batch_size=50, train_size=300,
-                         val_size=100, preprocessing="standardize", init_std=1e-2)
-    pre = preprocessing.fit_preprocessor(X_train[:300], config.preprocessing)
-    uri = f"sqlite:///{root}/mlruns/mlflow.db"
-    tracker = tracking.Tracker(uri, "serve-study")
-    tracker.study_run("serve-study")
-    run = tracker.start_trial(0, config)
-    result = train(pre.apply(X_train[:300]), y_train[:300], pre.apply(X_train[300:]), y_train[300:], config,
-                   callbacks=[run.log_epoch])
-    run.log_model(result.best_params, pre, config, data.load_label_names(folder))
-    run.end("FINISHED", wait=True)
-    assert tracker.promote(tracking.DEFAULT_MODEL_NAME, run.run_id, result.best_val_accuracy).became_champion
-    return dict(root=root, uri=uri, X_test=X_test)
-
+    """A store whose champion was trained on fake CIFAR-10 (stores.fake_champion)."""
+    made = fake_champion(tmp_path_factory.mktemp("serving"), "serve-study", num_test=NUM_TEST)
+    return dict(root=made["root"], uri=made["uri"], X_test=made["X_test"])
 
 def evaluate_predictions(champion, data_dir, test_size) -> list[tuple[int, str]]:
     """(label, class_name) per image, as `python -m mlp_exp.evaluate --predictions` writes them."""
