@@ -204,6 +204,46 @@ def test_weight_grid_image(ui, study, browser, tmp_path):
     assert browser.save_screenshot(str(tmp_path / "weights.png"))
 
 
+def keep_screenshot(browser, tmp_path, name: str) -> Path:
+    """Save a screenshot in tmp_path, and also as docs/<name> when MLP_EXP_SCREENSHOTS=docs
+    (how the README's pictures are refreshed: MLP_EXP_SCREENSHOTS=docs pytest tests/test_ui_browser.py)."""
+    import os
+    import shutil
+
+    path = tmp_path / name
+    assert browser.save_screenshot(str(path)) and path.stat().st_size > 10_000
+    if os.environ.get("MLP_EXP_SCREENSHOTS") == "docs":
+        shutil.copy(path, Path(__file__).resolve().parents[1] / "docs" / name)
+    return path
+
+
+def test_the_champion_version_page_shows_its_evaluation(ui, study, browser, tmp_path):
+    _, url, _ = ui
+    client = study["client"]
+    champion = client.get_model_version_by_alias("mlp-cifar10", "champion")
+    accuracy = float(client.get_run(champion.run_id).data.metrics["test_accuracy"])
+    assert f"Test accuracy {accuracy:.4f}" in champion.description         # what the page must show
+    browser.get(f"{url}/#/models/mlp-cifar10/versions/{champion.version}")
+    wait_for(browser, lambda d: f"Test accuracy {accuracy:.4f}" in body_text(d), "the version's evaluation")
+    close_assistant(browser)
+    assert "champion" in body_text(browser)
+    keep_screenshot(browser, tmp_path, "ui_model_version.png")
+
+
+def test_the_champion_run_shows_its_datasets_and_confusion_matrix(ui, study, browser, tmp_path):
+    _, url, _ = ui
+    client = study["client"]
+    champion = client.get_model_version_by_alias("mlp-cifar10", "champion")
+    run = client.get_run(champion.run_id)
+    names = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert {"cifar10-train", "cifar10-val", "cifar10-test"} <= names, names
+    browser.get(f"{url}/#/experiments/{study['experiment'].experiment_id}/runs/{champion.run_id}")
+    wait_for(browser, lambda d: all(name in body_text(d) for name in ("cifar10-train", "cifar10-test")),
+             "the run's datasets")
+    close_assistant(browser)
+    keep_screenshot(browser, tmp_path, "ui_run_datasets.png")
+
+
 def test_ctrl_c_stops_the_ui_and_its_server(ui, study):
     process, url, port = ui
     server = f"--host 127.0.0.1 --port {port}"              # in the server's and its worker's command lines
