@@ -27,5 +27,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'mlp_exp' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "ClassifierTrainer", "eval_numerical_gradient", "init_two_layer_model",
+__all__ = ["ClassifierTrainer", "eval_numerical_gradient", "init_two_layer_model",
            "load_CIFAR10", "rel_error", "two_layer_net", "visualize_grid"]
