@@ -92,31 +92,3 @@ def test_start_up_trials_and_their_retries_train_in_full_and_later_trials_are_pr
     assert states[:SAMPLER_STARTUP_TRIALS] == ["COMPLETE"] * SAMPLER_STARTUP_TRIALS
     assert states[SAMPLER_STARTUP_TRIALS:20].count("PRUNED") >= 5
     assert study.trials[20].system_attrs[attrs.FAILED_TRIAL] == 3 and states[20] == "COMPLETE"
-
-
-def test_the_spec_baseline_is_stored_with_its_searched_values_as_params():
-    """Trial 0 carries real params under the space's distributions (the study's search space, its
-    plots and optuna-dashboard include it), and they are the spec's values, outside the ranges as
-    they are, not draws from the space; TPE goes on proposing inside the ranges."""
-    from mlp_exp.study import make_study
-    from mlp_exp.study.space import baseline_params
-
-    settings = StudySettings(study_name="baseline-params", pruner="none")
-    study, _ = make_study(settings, tracker=None, storage=optuna.storages.InMemoryStorage())
-    study.optimize(lambda trial: float(config_for_trial(trial, settings).reg < 0.5), n_trials=12)
-    baseline, *searched = study.get_trials()
-    assert baseline.params == baseline_params() == {name: SPEC_BASELINE[name] for name in SEARCH_SPACE}
-    assert baseline.user_attrs[attrs.BASELINE]
-    assert optuna.search_space.intersection_search_space(study.get_trials()).keys() == SEARCH_SPACE.keys()
-    for t in searched:
-        assert SEARCH_SPACE["learning_rate"][1] <= t.params["learning_rate"] <= SEARCH_SPACE["learning_rate"][2]
-
-
-def test_a_baseline_queued_without_params_by_an_older_version_still_replays_the_spec():
-    """Studies made before trial 0 had params queued it as {}: retried or resumed, it must train the
-    spec's configuration, not draw one."""
-    settings = StudySettings(study_name="old-baseline", pruner="none")
-    study = optuna.create_study(direction="maximize")
-    study.enqueue_trial({}, user_attrs={attrs.BASELINE: "spec notebook's best grid configuration"})
-    config = config_for_trial(study.ask(), settings)
-    assert (config.learning_rate, config.reg, config.hidden_size) == (1e-5, 1.0, 500)

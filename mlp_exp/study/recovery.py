@@ -20,7 +20,7 @@ from . import attrs
 
 log = logging.getLogger("mlp_exp.study")
 
-RETRIED_ATTRS = (attrs.BASELINE, attrs.BASELINE_SUGGESTS)      # user attrs a retry keeps; the rest belong to the failed attempt
+RETRIED_ATTRS = (attrs.BASELINE,)      # user attrs a retry keeps; the rest belong to the failed attempt
 MAX_RETRY = 3
 
 
