@@ -92,3 +92,17 @@ def test_start_up_trials_and_their_retries_train_in_full_and_later_trials_are_pr
     assert states[:SAMPLER_STARTUP_TRIALS] == ["COMPLETE"] * SAMPLER_STARTUP_TRIALS
     assert states[SAMPLER_STARTUP_TRIALS:20].count("PRUNED") >= 5
     assert study.trials[20].system_attrs[attrs.FAILED_TRIAL] == 3 and states[20] == "COMPLETE"
+
+
+def test_tpe_models_the_searched_parameters_jointly_despite_the_baseline():
+    """Trial 0 (the spec baseline) samples nothing; multivariate TPE must still see the searched
+    parameters as one joint space (without group=True its space was empty: every parameter alone)."""
+    from mlp_exp.study import make_study
+    from mlp_exp.study.strategy import SAMPLER_STARTUP_TRIALS
+
+    settings = StudySettings(study_name="joint", pruner="none")
+    study, _ = make_study(settings, tracker=None, storage=optuna.storages.InMemoryStorage())
+    study.optimize(lambda trial: config_for_trial(trial, settings).momentum, n_trials=SAMPLER_STARTUP_TRIALS + 2)
+    assert study.get_trials()[0].user_attrs.get(attrs.BASELINE) and study.get_trials()[0].params == {}
+    trial = study.ask()
+    assert set(study.sampler.infer_relative_search_space(study, trial)) == set(SEARCH_SPACE)
