@@ -81,9 +81,12 @@ def study(tmp_path_factory):
 def ui(study):
     """`python -m mlp_exp.ui` on the study's store; yields (process, base URL); stopped with SIGINT by a test."""
     port = free_port()
+    # SIGINT at its default: a test run in the background of a shell inherits it ignored, and then
+    # the Ctrl-C test below would wait for nothing
     process = subprocess.Popen([sys.executable, "-m", "mlp_exp.ui", "--tracking-uri", study["uri"],
                                 "--port", str(port)], cwd=study["root"], env=env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ready, _, _ = select.select([process.stdout], [], [], 180)
     line = process.stdout.readline() if ready else ""
     if not line.startswith("MLflow UI: "):
