@@ -6,13 +6,13 @@ is empty and every parameter is sampled on its own. Best value of 40 trials (tri
 
     python benchmarks/tpe_grouping.py
 """
-import math
 import statistics
 import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import optuna  # noqa: E402
 warnings.simplefilter("ignore")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -20,14 +20,9 @@ from mlp_exp.study import attrs                          # noqa: E402
 from mlp_exp.study.settings import StudySettings        # noqa: E402
 from mlp_exp.study.space import config_for_trial        # noqa: E402
 from mlp_exp.study.strategy import TPE_OPTIONS          # noqa: E402
+from test_study_integrity import synthetic_value         # noqa: E402  (the objective its tests use)
 
 TPE_WITHOUT_GROUPING = {k: v for k, v in TPE_OPTIONS.items() if k != "group"}
-
-def synthetic_value(config):
-    """The same synthetic objective as tests/test_study_integrity.py: a smooth bowl around a good config."""
-    return 0.6 - 0.05 * ((math.log10(config.learning_rate) + 1.77) ** 2 + (math.log10(config.reg) + 4) ** 2 / 4
-                         + ((config.momentum - 0.89) / 0.05) ** 2 + ((config.lr_decay - 0.89) / 0.05) ** 2
-                         + math.log(config.hidden_size / 1950) ** 2)
 
 settings = StudySettings(seed=0, pruner="none")
 results = {}

@@ -140,9 +140,8 @@ def stderr_of(cwd, log_name="worker") -> str:
 def load_study(storage: str, study: str = STUDY):
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if storage.startswith("postgresql://"):      # SQLAlchemy 2.1 would want psycopg 3
-        storage = "postgresql+psycopg2://" + storage[len("postgresql://"):]
-    return optuna.load_study(study_name=study, storage=storage)
+    from mlp_exp.urls import postgresql_driver
+    return optuna.load_study(study_name=study, storage=postgresql_driver(storage))
 
 
 def trial_runs(tracking_uri: str, study: str = STUDY) -> list:

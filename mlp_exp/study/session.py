@@ -26,6 +26,7 @@ from .. import tracking
 from ..errors import UserError, one_line
 from ..interrupts import Interrupts, Terminated
 from ..progress import StudyProgress
+from ..urls import safe_url
 from . import attrs
 from .finalize import finalize
 from .objective import Objective
@@ -34,7 +35,7 @@ from .report import log_study_report
 from .settings import (StudySettings, as_flags, check_storage_persists, data_fingerprint, defining_settings,
                        differences, logged_params)
 from .space import SEARCH_SPACE
-from .storage import check_storage, open_storage, safe_url
+from .storage import check_storage, open_storage
 from .strategy import make_pruner, make_sampler
 from .trials import counts
 from .workers import TrialsKeepFailing, run_worker, spawn_workers, strip_flag, wait_for_workers

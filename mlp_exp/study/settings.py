@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..tracking.names import DEFAULT_MODEL_NAME
-from .storage import safe_url
+from ..urls import safe_url
 
 DEFAULT_STUDY_NAME = "cifar10-mlp"
 DEFAULT_STORAGE = "sqlite:///studies/optuna.db"

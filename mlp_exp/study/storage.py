@@ -20,7 +20,7 @@ import optuna
 
 from ..errors import UserError, first_line
 from ..local_db import check_sqlite_store
-from ..urls import postgresql_driver, safe_url   # noqa: F401  (safe_url: settings imports it from here)
+from ..urls import postgresql_driver, safe_url
 from . import _optuna_private
 
 log = logging.getLogger("mlp_exp.study")
