@@ -12,19 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import signal
 import sys
 import textwrap
 
 from .errors import UserError, one_line
-from .interrupts import Terminated
+from .interrupts import CommandSignals, Terminated
 from .urls import safe_url
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
 
 
 class RedactPasswords(logging.Filter):
@@ -44,18 +39,20 @@ def run(main, argv=None) -> int:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactPasswords) for f in handler.filters):
             handler.addFilter(RedactPasswords())
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        return main(argv) or 0
-    except UserError as err:
-        print(f"error: {safe_url(one_line(err, None))}", file=sys.stderr)
-        return EXIT_USAGE
-    except Terminated:
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with CommandSignals() as signals:
+        try:
+            code = main(argv) or 0
+        except UserError as err:
+            print(f"error: {safe_url(one_line(err, None))}", file=sys.stderr)
+            return EXIT_USAGE
+        except Terminated:
+            return EXIT_TERMINATED
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+    # a signal Python dropped (see CommandSignals) still says the command was stopped
+    if signals.received is not None:
+        return EXIT_TERMINATED if signals.received is Terminated else EXIT_INTERRUPTED
+    return code
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -17,6 +17,57 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so the same cleanup runs (Optuna marks the trial failed, too)."""
 
 
+def _kind(signum) -> type[KeyboardInterrupt]:
+    return Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+class CommandSignals:
+    """SIGINT and SIGTERM for a whole command, outside any Interrupts block: raised at once, and
+    remembered.
+
+    Before a command enters an Interrupts block (opening its stores, loading
+    data, starting up a spawned worker) a signal is raised where it lands, as
+    Python's own Ctrl-C handler does. Landing in a garbage-collection callback,
+    Python drops it ("Exception ignored in ..."), and the command carried on as
+    if never stopped: CI saw a search Ctrl-C'd while creating its MLflow store
+    exit 0, and a spawned worker keep training while its parent waited for it.
+    So the first signal is remembered: an Interrupts entered later raises it at
+    its first check, and `received` tells cli.run how the command was stopped.
+    Use as a context manager in the main thread (cli.run does).
+    """
+
+    def __init__(self):
+        self.received: type[KeyboardInterrupt] | None = None
+        self._previous = {}
+        self._previous_hook = None
+
+    def _handle(self, signum, frame):
+        self.received = self.received or _kind(signum)
+        raise _kind(signum)()
+
+    def _unraisable(self, unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and self.received is not None):
+            self._previous_hook(unraisable)
+
+    def __enter__(self) -> "CommandSignals":
+        global _command
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        self._outer, _command = _command, self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _command
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = self._previous_hook
+        _command = self._outer
+
+
+_command: CommandSignals | None = None      # the running command's, if it runs under cli.run
+
+
 class Interrupts:
     """SIGINT and SIGTERM as KeyboardInterrupt and Terminated, raised only where that is safe.
 
@@ -34,7 +85,8 @@ class Interrupts:
     Python drops an exception raised inside a weakref callback or __del__ (and
     prints it as "Exception ignored in ..."), so a Ctrl-C that lands during
     garbage collection would otherwise be lost and the search would carry on;
-    here it is raised again, quietly. Use as a context manager in the main
+    here it is raised again, quietly. A signal the command got before this block
+    (CommandSignals) is raised at the first check. Use as a context manager in the main
     thread; outside it (and in other threads) the methods only compute and sleep.
     """
 
@@ -46,7 +98,9 @@ class Interrupts:
 
     def _handle(self, signum, frame):
         if self.pending is None:            # the first one decides how the command ends
-            self.pending = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            self.pending = _kind(signum)
+        if _command is not None:
+            _command.received = _command.received or self.pending
         if self._raise_now:
             raise self.pending()
 
@@ -93,6 +147,8 @@ class Interrupts:
             self._previous_hook(unraisable)
 
     def __enter__(self) -> "Interrupts":
+        if self.pending is None and _command is not None:
+            self.pending = _command.received    # one that arrived before, and may have been dropped
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
         self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable

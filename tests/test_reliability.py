@@ -270,6 +270,37 @@ def test_an_interrupt_is_raised_at_once_in_computation_and_held_back_elsewhere()
     assert reached == ["written", "went on"]
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("later_block", [True, False], ids=["then an Interrupts block", "then nothing"])
+def test_a_signal_python_drops_in_garbage_collection_still_stops_the_command(capsys, sig, code, later_block):
+    """A signal that lands in a __del__ or weakref callback is dropped by Python ("Exception ignored
+    in ..."): CI saw a search Ctrl-C'd while MLflow created its store exit 0, and a spawned worker
+    train on while its parent waited. The command remembers it (CommandSignals): a later Interrupts
+    block raises it at its first check, and the command exits as stopped either way."""
+    from mlp_exp import cli
+    from mlp_exp.interrupts import Interrupts
+
+    class SignalsWhenCollected:
+        def __del__(self):
+            os.kill(os.getpid(), sig)
+            time.sleep(1)           # the handler runs here, inside __del__, and its exception is dropped
+
+    reached = []
+
+    def main(argv):
+        SignalsWhenCollected()      # collected at once
+        reached.append("carried on")
+        if later_block:
+            with Interrupts() as interrupts:
+                interrupts.check()
+                reached.append("checked")
+
+    assert cli.run(main, []) == code
+    assert reached == ["carried on"]
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler       # put back as it was
+
+
 def test_ctrl_c_while_an_epoch_is_being_recorded_stops_the_trial_after_the_write(study_dir):
     """A Ctrl-C that lands inside a database write (here: the Optuna row of an epoch's validation
     accuracy) is raised after the epoch's callbacks, not inside the transaction. Raised inside one,

@@ -197,7 +197,7 @@ def run_session(session: StudySession, *, worker_argv=None, spawned: bool = Fals
       several workers the cores shared evenly between them).
 
     Ctrl-C or SIGTERM closes the running trial (its run KILLED, its
-    configuration queued again), passes the signal on to the spawned workers,
+    configuration queued again), stops the spawned workers (SIGTERM),
     waits for them, closes the parent run KILLED, says how to resume and raises.
     """
     settings, study, tracker = session.settings, session.study, session.tracker
@@ -231,8 +231,11 @@ def run_session(session: StudySession, *, worker_argv=None, spawned: bool = Fals
     except KeyboardInterrupt as interrupt:
         # the objective has closed the trial's run KILLED and queued its configuration again
         terminated = isinstance(interrupt, Terminated)
+        # SIGTERM, even for a Ctrl-C: a worker still starting up (importing, before cli.run handles
+        # signals) dies of it quietly, where a SIGINT would print a KeyboardInterrupt traceback;
+        # once running it closes its trial just the same, and this process says how the search ended
         for worker in workers:
-            worker.send_signal(signal.SIGTERM if terminated else signal.SIGINT)
+            worker.send_signal(signal.SIGTERM)
         wait_for_workers(workers)
         if not spawned:
             close_study_run(tracker, "KILLED")
