@@ -295,10 +295,11 @@ def test_a_signal_python_drops_in_garbage_collection_still_stops_the_command(cap
                 interrupts.check()
                 reached.append("checked")
 
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert cli.run(main, []) == code
     assert reached == ["carried on"]
     assert "Exception ignored" not in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler       # put back as it was
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers   # put back
 
 
 def test_ctrl_c_while_an_epoch_is_being_recorded_stops_the_trial_after_the_write(study_dir):
