@@ -95,14 +95,74 @@ def test_start_up_trials_and_their_retries_train_in_full_and_later_trials_are_pr
 
 
 def test_tpe_models_the_searched_parameters_jointly_despite_the_baseline():
-    """Trial 0 (the spec baseline) samples nothing; multivariate TPE must still see the searched
-    parameters as one joint space (without group=True its space was empty: every parameter alone)."""
+    """Multivariate TPE sees the searched parameters as one joint space, with the spec baseline
+    (trial 0) queued the way it is; a baseline queued by an older version with no params (as
+    here) emptied the joint space without group=True: every parameter was sampled alone."""
     from mlp_exp.study import make_study
     from mlp_exp.study.strategy import SAMPLER_STARTUP_TRIALS
 
     settings = StudySettings(study_name="joint", pruner="none")
+    for old in (False, True):
+        storage = optuna.storages.InMemoryStorage()
+        if old:
+            old_study = optuna.create_study(study_name="joint", storage=storage, direction="maximize")
+            old_study.enqueue_trial({}, user_attrs={attrs.BASELINE: "spec notebook's best grid configuration"})
+        study, _ = make_study(settings, tracker=None, storage=storage)
+        study.optimize(lambda trial: config_for_trial(trial, settings).momentum,
+                       n_trials=SAMPLER_STARTUP_TRIALS + 2)
+        assert study.get_trials()[0].user_attrs.get(attrs.BASELINE)
+        assert (study.get_trials()[0].params == {}) == old
+        trial = study.ask()
+        assert set(study.sampler.infer_relative_search_space(study, trial)) == set(SEARCH_SPACE)
+
+
+def test_the_spec_baseline_is_stored_with_its_searched_values_as_params():
+    """Trial 0 carries real params under the space's distributions (the study's search space, its
+    plots and optuna-dashboard include it), and they are the spec's values, outside the ranges as
+    they are, not draws from the space; TPE goes on proposing inside the ranges."""
+    from mlp_exp.study import make_study
+    from mlp_exp.study.space import baseline_params
+
+    settings = StudySettings(study_name="baseline-params", pruner="none")
     study, _ = make_study(settings, tracker=None, storage=optuna.storages.InMemoryStorage())
-    study.optimize(lambda trial: config_for_trial(trial, settings).momentum, n_trials=SAMPLER_STARTUP_TRIALS + 2)
-    assert study.get_trials()[0].user_attrs.get(attrs.BASELINE) and study.get_trials()[0].params == {}
-    trial = study.ask()
-    assert set(study.sampler.infer_relative_search_space(study, trial)) == set(SEARCH_SPACE)
+    study.optimize(lambda trial: float(config_for_trial(trial, settings).reg < 0.5), n_trials=12)
+    baseline, *searched = study.get_trials()
+    assert baseline.params == baseline_params() == {name: SPEC_BASELINE[name] for name in SEARCH_SPACE}
+    assert baseline.user_attrs[attrs.BASELINE]
+    assert optuna.search_space.intersection_search_space(study.get_trials()).keys() == SEARCH_SPACE.keys()
+    for t in searched:
+        assert SEARCH_SPACE["learning_rate"][1] <= t.params["learning_rate"] <= SEARCH_SPACE["learning_rate"][2]
+
+
+@pytest.mark.parametrize("fails_after_suggesting", [False, True])
+def test_a_failed_spec_baseline_is_retried_with_its_params(fails_after_suggesting):
+    """Optuna refuses out-of-range values as a new trial's params, so the baseline's retry queues them:
+    it must be created, train the spec's configuration and carry the spec's values as params again."""
+    from mlp_exp.study import make_study
+    from mlp_exp.study.recovery import retry
+    from mlp_exp.study.space import baseline_params
+
+    settings = StudySettings(study_name="baseline-retry", pruner="none")
+    study, _ = make_study(settings, tracker=None, storage=optuna.storages.InMemoryStorage())
+    first = study.ask()
+    if fails_after_suggesting:
+        config_for_trial(first, settings)
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    retry(study, study.get_trials()[0], "it failed")
+    again = study.ask()
+    config = config_for_trial(again, settings)
+    study.tell(again, 0.1)
+    stored = study.get_trials()[1]
+    assert stored.user_attrs[attrs.BASELINE] and stored.user_attrs[attrs.RETRY_OF] == 0
+    assert stored.params == baseline_params() and stored.state.name == "COMPLETE"
+    assert (config.learning_rate, config.reg, config.num_epochs) == (1e-5, 1.0, SPEC_BASELINE["num_epochs"])
+
+
+def test_a_baseline_queued_without_params_by_an_older_version_still_replays_the_spec():
+    """Studies made before trial 0 had params queued it as {}: retried or resumed, it must train the
+    spec's configuration, not draw one."""
+    settings = StudySettings(study_name="old-baseline", pruner="none")
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({}, user_attrs={attrs.BASELINE: "spec notebook's best grid configuration"})
+    config = config_for_trial(study.ask(), settings)
+    assert (config.learning_rate, config.reg, config.hidden_size) == (1e-5, 1.0, 500)

@@ -102,7 +102,7 @@ def refused(root, *args, expected=()) -> str:
 def proposals(study) -> list:
     """The sampler's proposals: the params of every trial the sampler drew (not the baseline, not retries)."""
     return [tuple(sorted(t.params.items())) for t in study.get_trials()
-            if t.params and attrs.RETRY_OF not in t.user_attrs]
+            if attrs.BASELINE not in t.user_attrs and attrs.RETRY_OF not in t.user_attrs]
 
 
 # ------------------------------------------------------------ 1. a study whose every trial fails
@@ -315,13 +315,14 @@ def test_a_study_resumed_every_four_trials_proposes_no_duplicate_and_finds_as_go
 def test_a_fresh_study_proposes_what_its_seed_always_proposed():
     """Uninterrupted, one process: the proposals of TPE seeded with --seed, as before (reproducible)."""
     from mlp_exp.study import StudySettings
-    from mlp_exp.study.space import config_for_trial
+    from mlp_exp.study.space import baseline_params, config_for_trial
     from mlp_exp.study.strategy import TPE_OPTIONS
 
     study = run_synthetic("tpe", 3, 1, trials=12)
     settings = StudySettings(seed=3)
     reference = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=3, **TPE_OPTIONS))
-    reference.enqueue_trial({}, user_attrs={attrs.BASELINE: "spec"})
+    reference.enqueue_trial(baseline_params(), user_attrs={attrs.BASELINE: "spec",
+                                                          attrs.BASELINE_SUGGESTS: sorted(baseline_params())})
     reference.optimize(lambda trial: synthetic_value(config_for_trial(trial, settings)), n_trials=12)
     assert proposals(study) == proposals(reference)
 

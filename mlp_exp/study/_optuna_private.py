@@ -1,9 +1,10 @@
 """The private Optuna API the product relies on, in one place, each use checked by a test.
 
 Optuna offers no public way to (1) read which running trials have never sent
-a heartbeat, (2) hook the stale-trial check that `fail_stale_trials` runs, or
+a heartbeat, (2) hook the stale-trial check that `fail_stale_trials` runs,
 (3) wrap the private storage methods that `Study` and Optuna's storage cache
-call directly. tests/test_optuna_private.py fails (it does not skip) when an
+call directly, or (4) queue a retry whose params lie outside their
+distributions (the spec baseline's), as `enqueue_trial` queues them. tests/test_optuna_private.py fails (it does not skip) when an
 Optuna release renames or removes any of them; pyproject pins the Optuna
 releases this was checked against.
 """
@@ -18,6 +19,10 @@ SESSION_METHODS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get
 
 # What optuna.storages.fail_stale_trials calls on an RDB storage to find stale trials.
 STALE_TRIAL_HOOK = "_get_stale_trial_ids"
+
+# The system attr in which Study.enqueue_trial keeps a queued trial's params until it suggests them
+# (Trial._suggest takes them even outside the distribution's range, with a warning).
+ENQUEUED_PARAMS = "fixed_params"
 
 
 def stale_trial_ids(storage: optuna.storages.RDBStorage, study_id: int) -> list[int]:
@@ -57,4 +62,8 @@ def missing() -> list[str]:
             names.append("optuna.storages._rdb.models.TrialModel columns")
     except ImportError:
         names.append("optuna.storages._rdb.models")
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.0})
+    if study.get_trials(deepcopy=False)[0].system_attrs.get(ENQUEUED_PARAMS) != {"x": 1.0}:
+        names.append(f"the {ENQUEUED_PARAMS!r} system attr of an enqueued trial")
     return names

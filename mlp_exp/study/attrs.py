@@ -8,6 +8,7 @@ WORKER = "worker"                      # host:pid of the process that ran it
 CONFIG = "config"                      # asdict(TrainConfig) it trained with
 HAS_MODEL = "has_model"                # True when a model was logged on its run (it beat the study's best)
 BASELINE = "baseline"                  # set on the spec-baseline trial (its value says why)
+BASELINE_SUGGESTS = "baseline_suggests"    # the baseline's searched names, queued as its params (space.py)
 DIVERGED_AT_EPOCH = "diverged_at_epoch"  # the epoch whose loss became non-finite
 SURPLUS = "surplus"                    # started after the target was covered; trained nothing
 RETRY_OF = "retry_of"                  # on a retry: the number of the trial it repeats

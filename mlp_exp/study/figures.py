@@ -24,10 +24,12 @@ STATE_STYLE = {                         # intermediate-values lines: colour, alp
 
 def searched_view(study, names):
     """For the report's parameter plots: (view, importances). `view` is an in-memory copy of `study`
-    holding only the trials that sampled every one of `names` (the baseline samples none);
-    `importances` their normalised fANOVA importances, {} before two of them complete."""
+    holding only the trials the sampler drew every one of `names` for: not the spec baseline, whose
+    lr and reg lie far outside the space (it would squash every axis; Optuna's add_trial refuses
+    it, too); `importances` their normalised fANOVA importances, {} before two of them complete."""
     view = optuna.create_study(study_name=study.study_name, directions=study.directions)
-    view.add_trials([t for t in study.get_trials(deepcopy=False) if set(names) <= set(t.params)])
+    view.add_trials([t for t in study.get_trials(deepcopy=False)
+                     if set(names) <= set(t.params) and not t.user_attrs.get(attrs.BASELINE)])
     importances = {}
     if names and len(view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
         try:

@@ -16,11 +16,12 @@ from optuna.trial import TrialState
 
 from ..errors import one_line
 from ..tracking.names import ERROR_TAG, RECONCILED_TAG
-from . import attrs
+from . import _optuna_private, attrs
 
 log = logging.getLogger("mlp_exp.study")
 
-RETRIED_ATTRS = (attrs.BASELINE,)      # user attrs a retry keeps; the rest belong to the failed attempt
+# user attrs a retry keeps; the rest belong to the failed attempt
+RETRIED_ATTRS = (attrs.BASELINE, attrs.BASELINE_SUGGESTS)
 MAX_RETRY = 3
 
 
@@ -54,6 +55,13 @@ class RetryTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
                            attrs.RETRY_OF: trial.number, attrs.RETRY_REASON: self.reason}
         kept.system_attrs = {k: copy.copy(v) for k, v in trial.system_attrs.items()
                              if k in (attrs.FAILED_TRIAL, attrs.RETRY_HISTORY)}
+        if trial.user_attrs.get(attrs.BASELINE):
+            # The spec baseline's lr and reg lie outside the space's ranges, so Optuna refuses them as
+            # a new trial's params (create_trial validates them); queue them as enqueue_trial does,
+            # to be suggested back when the retry runs (space.config_for_trial).
+            queued = trial.system_attrs.get(_optuna_private.ENQUEUED_PARAMS, {})
+            kept.params, kept.distributions = {}, {}
+            kept.system_attrs[_optuna_private.ENQUEUED_PARAMS] = {**queued, **trial.params}
         super().__call__(study, kept)
 
 

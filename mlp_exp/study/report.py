@@ -145,8 +145,10 @@ def diagnosis_counts(table) -> dict:
 
 
 def best_param_warnings(study, search_space: dict) -> list:
-    """diagnosis.edge_findings for the best complete trial's sampled parameters."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+    """diagnosis.edge_findings for the best complete searched trial's parameters (the spec baseline's
+    lie outside the space on purpose: they say nothing about its edges)."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None
+                and not t.user_attrs.get(attrs.BASELINE)]
     if not complete:
         return []
     best = max(complete, key=lambda t: (t.value, -t.number))

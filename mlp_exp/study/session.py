@@ -34,7 +34,7 @@ from .recovery import stale_trial_handler
 from .report import log_study_report
 from .settings import (StudySettings, as_flags, check_storage_persists, data_fingerprint, defining_settings,
                        differences, logged_params)
-from .space import SEARCH_SPACE
+from .space import SEARCH_SPACE, baseline_params
 from .storage import check_storage, open_storage
 from .strategy import make_pruner, make_sampler
 from .trials import counts
@@ -70,7 +70,8 @@ def make_study(settings: StudySettings, tracker, storage=None, *, data_id: str |
     study.sampler, sampler_description = make_sampler(settings, trials_before, worker_index)
     record_settings(study, settings, data_id, changed if worker_index == 0 else {})   # spawned: the parent did
     if created:
-        study.enqueue_trial({}, user_attrs={attrs.BASELINE: BASELINE_REASON}, skip_if_exists=True)
+        study.enqueue_trial(baseline_params(), skip_if_exists=True, user_attrs={
+            attrs.BASELINE: BASELINE_REASON, attrs.BASELINE_SUGGESTS: sorted(baseline_params())})
     description = {"sampler": sampler_description, "pruner": pruner_description,
                    "search_space": ";".join(f"{k}={v}" for k, v in SEARCH_SPACE.items())}
     return study, description

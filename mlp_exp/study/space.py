@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 from ..config import IMAGE_SHAPE, TrainConfig, field_names, parse_value
 from ..data import DEFAULT_LABEL_NAMES
@@ -64,10 +65,25 @@ def _suggest(trial, name, spec):
     raise ValueError(f"unknown search-space kind {kind!r} for {name}")
 
 
+def baseline_params() -> dict:
+    """The spec baseline's values of the searched settings: trial 0's params when it is queued."""
+    return {name: SPEC_BASELINE[name] for name in SEARCH_SPACE}
+
+
 def config_for_trial(trial, settings: StudySettings) -> TrainConfig:
     """The one mapping from an Optuna trial to a TrainConfig: all suggestions first, then plain values."""
     if trial.user_attrs.get(attrs.BASELINE):
         values = dict(SPEC_BASELINE)
+        # Queued with its searched values as params (baseline_params), the baseline "suggests" them
+        # back, so they are stored as real params under the space's distributions: the study's
+        # search space, Optuna's plots and optuna-dashboard then include trial 0. Its lr and reg lie
+        # outside the ranges (the spec trained on raw pixels); Optuna keeps such a queued value, with
+        # a warning that is expected here. Studies from before queued it with no params: none asked.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+            for name in trial.user_attrs.get(attrs.BASELINE_SUGGESTS, ()):
+                if name not in settings.fixed:
+                    values[name] = _suggest(trial, name, SEARCH_SPACE[name])
     else:
         values = {"num_epochs": settings.max_epochs, **STUDY_DEFAULTS}
         values.update({name: _suggest(trial, name, spec)
