@@ -96,7 +96,7 @@ def test_every_input_form_gives_the_nets_labels(store, form):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("scaled 0..1", r"within 0\.\.1; .* scale to 0-255"),
+    ("scaled 0..1", r"pixels scaled to 0\.\.1; .* scale to 0-255"),
     ("standardized", r"lie in \[-.*raw pixel values 0\.\.255"),
     ("channel-first", r"\(120, 3, 32, 32\) is channel-first.*transpose\(0, 2, 3, 1\)"),
     ("one image", r"one image without a batch axis; pass images\[None\]"),

@@ -99,8 +99,8 @@ def as_pixel_rows(model_input, width: int) -> np.ndarray:
             raise InputError(f"input values lie in [{low:g}, {high:g}]; the model takes raw pixel values "
                              f"0..255 (it standardizes them itself): pass the images as loaded, not preprocessed")
         if 0 < high <= 1:
-            raise InputError(f"input values lie in [{low:g}, {high:g}], within 0..1; the model takes raw "
-                             f"pixel values 0..255: scale to 0-255 (images * 255)")
+            raise InputError(f"input values lie in [{low:g}, {high:g}]: pixels scaled to 0..1; the model takes "
+                             f"raw pixel values 0..255: scale to 0-255 (images * 255)")
     return rows
 
 
