@@ -21,7 +21,33 @@ def _kind(signum) -> type[KeyboardInterrupt]:
     return Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
-class CommandSignals:
+class _SignalScope:
+    """SIGINT and SIGTERM routed to `self._handle` while the block runs, the previous handlers (and
+    sys.unraisablehook) put back after it. While it is installed, a KeyboardInterrupt that Python
+    drops in a garbage-collection callback or __del__ ("Exception ignored in ...") is not printed
+    once `_caught()`: the signal is not lost (each subclass keeps it), so the message would only be noise."""
+
+    def _handle(self, signum, frame) -> None:
+        raise NotImplementedError
+
+    def _caught(self) -> bool:
+        raise NotImplementedError
+
+    def _unraisable(self, unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and self._caught()):
+            self._previous_hook(unraisable)
+
+    def _install(self) -> None:
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = self._previous_hook
+
+
+class CommandSignals(_SignalScope):
     """SIGINT and SIGTERM for a whole command, outside any Interrupts block: raised at once, and
     remembered.
 
@@ -38,37 +64,30 @@ class CommandSignals:
 
     def __init__(self):
         self.received: type[KeyboardInterrupt] | None = None
-        self._previous = {}
-        self._previous_hook = None
 
     def _handle(self, signum, frame):
         self.received = self.received or _kind(signum)
         raise _kind(signum)()
 
-    def _unraisable(self, unraisable) -> None:
-        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and self.received is not None):
-            self._previous_hook(unraisable)
+    def _caught(self) -> bool:
+        return self.received is not None
 
     def __enter__(self) -> "CommandSignals":
         global _command
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        self._install()
         self._outer, _command = _command, self
         return self
 
     def __exit__(self, *exc) -> None:
         global _command
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        sys.unraisablehook = self._previous_hook
+        self._restore()
         _command = self._outer
 
 
 _command: CommandSignals | None = None      # the running command's, if it runs under cli.run
 
 
-class Interrupts:
+class Interrupts(_SignalScope):
     """SIGINT and SIGTERM as KeyboardInterrupt and Terminated, raised only where that is safe.
 
     A worker's main thread either computes (trains, sleeps between polls) or
@@ -93,8 +112,6 @@ class Interrupts:
     def __init__(self):
         self.pending = None
         self._raise_now = False             # the main thread is in an interruptible block
-        self._previous = {}
-        self._previous_hook = None
 
     def _handle(self, signum, frame):
         if self.pending is None:            # the first one decides how the command ends
@@ -142,19 +159,14 @@ class Interrupts:
         with self._raising(True):
             time.sleep(seconds)
 
-    def _unraisable(self, unraisable) -> None:
-        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and self.pending is not None):
-            self._previous_hook(unraisable)
+    def _caught(self) -> bool:
+        return self.pending is not None
 
     def __enter__(self) -> "Interrupts":
         if self.pending is None and _command is not None:
             self.pending = _command.received    # one that arrived before, and may have been dropped
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        self._install()
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        sys.unraisablehook = self._previous_hook
+        self._restore()

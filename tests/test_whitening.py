@@ -149,6 +149,24 @@ def test_translation_by_a_known_shift_is_the_zero_filled_shift():
     assert (out[0].reshape(IMAGE_SHAPE)[0] == 0).all() and (out[0].reshape(IMAGE_SHAPE)[:, -2:] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_picking_flipping_and_shifting_in_one_copy_is_the_three_steps_in_turn(dtype):
+    """What train does for whitened rows (gather, flip and shift in one copy per image) gives exactly
+    the gathered, mirrored, then shifted images, for float32 rows and uint8 pixels alike."""
+    rng = np.random.default_rng(4)
+    X = rng.integers(1, 255, size=(30, D)).astype(dtype)
+    rows, flips = rng.integers(0, 30, size=12), rng.random(12) < 0.5
+    shifts = rng.integers(-3, 4, size=(12, 2))
+    gathered = X[rows]
+    gathered[flips] = gathered[flips][:, MIRROR]
+    expected = translate_rows(gathered, shifts)
+    out = np.full((12, D), 7, dtype)                               # a reused buffer: stale values must go
+    np.testing.assert_array_equal(translate_rows(X, shifts, out=out, rows=rows, flips=flips), expected)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(translate_rows(X, shifts[:1].repeat(30, 0), rows=None),
+                                  translate_rows(X[np.arange(30)], shifts[:1].repeat(30, 0)))
+
+
 class RecordingStep:
     """Stands in for kernels.FusedStep: records each minibatch, updates nothing."""
     batches = []

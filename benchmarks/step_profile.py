@@ -1,0 +1,134 @@
+"""Where a training step's microseconds go: each piece of one minibatch, timed alone, against the whole.
+
+One minibatch of `trainer.train` as a default `standardize` trial runs it (momentum,
+batch 200, uint8 rows, flips gathered from the mirrored copy, standardize
+preprocessing per batch), at each --hidden size. Every piece runs on the real
+step's own buffers and through the same calls (`kernels.gemm`, `kernels.blas`,
+the Preprocessor), timed alone in a loop: the batch's gather and flips, its
+preprocessing, the five GEMMs, the three passes over the weights (the L2
+penalty's sdot, the decay saxpy, the step saxpy). `FusedStep.step` is then timed
+whole; "rest of the step" is the whole minus its GEMMs and weight passes (the
+ReLU, softmax, bias sums and small velocity update, plus what the pieces lose
+to each other's cache misses when they run in sequence). Each piece is also
+timed with BLAS limited to one thread, to show what OpenBLAS's threads do for it.
+
+    python benchmarks/step_profile.py                  # H = 100 1000
+    python benchmarks/step_profile.py --hidden 500 --repeats 9
+
+Medians of --repeats loops of --calls calls; random uint8 rows (the values do
+not change the time). Prints figures only; nothing here asserts on timings.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mlp_exp import trainer                                            # noqa: E402
+from mlp_exp.kernels import FusedStep, blas, gemm                      # noqa: E402
+from mlp_exp.net import init_params                                    # noqa: E402
+from mlp_exp.preprocessing import fit_preprocessor                     # noqa: E402
+
+NUM_TRAIN, INPUT_SIZE, NUM_CLASSES = 49_000, 3072, 10
+LEARNING_RATE, REG, MOMENTUM = 1e-3, 1e-3, 0.9
+
+
+def median_us(fn, calls, repeats) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return float(np.median(times))
+
+
+def pieces(step: FusedStep, X_train, X_mirrored, preprocessor, batch_size, rng) -> dict:
+    """name -> (group, zero-argument call) for every piece of one minibatch, on `step`'s own buffers."""
+    # the gather reads a new batch each call, as training does (the same rows again would come from cache)
+    order = rng.permutation(NUM_TRAIN)[:NUM_TRAIN // batch_size * batch_size].reshape(-1, batch_size)
+    batches = itertools.cycle(order)
+    batch = order[0]
+    flipped = np.flatnonzero(rng.random(batch_size) < 0.5)
+
+    def flip_new_batch():
+        rows_of = next(batches)
+        raw[flipped] = X_mirrored[rows_of[flipped]]
+    raw = np.empty((batch_size, INPUT_SIZE), np.uint8)
+    rows = np.empty((batch_size, INPUT_SIZE), np.float32)
+    np.take(X_train, batch, axis=0, out=raw)
+    X = preprocessor.apply(raw, out=rows)
+    y = rng.integers(0, NUM_CLASSES, size=batch_size)
+    step.step(X, y, LEARNING_RATE)                     # allocates the step's buffers for this batch size
+    W1, W2 = step.params["W1"], step.params["W2"]
+    hidden, dhidden, scores = step._hidden, step._dhidden, step._scores
+    grads, velocity, weights = step._grads, step._state_flat, step._flat
+    regularised = step._reg_size
+    return {
+        "gather uint8 rows (np.take)": ("batch", lambda: np.take(X_train, next(batches), axis=0, out=raw)),
+        "flips from the mirrored copy": ("batch", flip_new_batch),
+        "standardize (cast, subtract, divide)": ("batch", lambda: preprocessor.apply(raw, out=rows)),
+        "GEMM X @ W1": ("gemm", lambda: gemm(X, W1, hidden)),
+        "GEMM h @ W2": ("gemm", lambda: gemm(hidden, W2, scores)),
+        "GEMM h.T @ ds": ("gemm", lambda: gemm(hidden.T, scores, grads["W2"])),
+        "GEMM ds @ W2.T": ("gemm", lambda: gemm(scores, W2.T, dhidden)),
+        "GEMM X.T @ dh into velocity": ("gemm", lambda: gemm(X.T, dhidden, step.state["W1"],
+                                                             alpha=-1e-9, beta=MOMENTUM)),
+        "sdot: L2 penalty of [W1, W2]": ("weights", lambda: blas.sdot(weights[:regularised], weights[:regularised])),
+        "saxpy: L2 decay into velocity": ("weights", lambda: blas.saxpy(weights[:regularised],
+                                                                        velocity[:regularised], -1e-12)),
+        "saxpy: weights += velocity": ("weights", lambda: blas.saxpy(velocity, weights, 1e-12)),
+        "FusedStep.step, whole": ("step", lambda: step.step(X, y, 1e-9)),   # lr 0 would skip a GEMM
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=100)
+    args = parser.parse_args(argv)
+    from threadpoolctl import threadpool_info, threadpool_limits
+    print("command: " + " ".join([sys.executable, *sys.argv]))
+    for pool in threadpool_info():
+        print(f"  pool: {pool['internal_api']} {pool['version']} {pool.get('architecture', '')} "
+              f"threads={pool['num_threads']} ({os.path.basename(pool['filepath'])})")
+    print("  env: " + (" ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_")))
+                       or "no OPENBLAS_/OMP_ variables"))
+    rng = np.random.default_rng(0)
+    X_train = rng.integers(0, 256, size=(NUM_TRAIN, INPUT_SIZE), dtype=np.uint8)
+    X_mirrored = trainer.mirror_rows(X_train)
+    preprocessor = fit_preprocessor(X_train[:5000], "standardize")
+    for H in args.hidden:
+        params = init_params(INPUT_SIZE, H, NUM_CLASSES, np.random.default_rng(1), 1e-3, dtype=np.float32)
+        step = FusedStep(params, "momentum", REG, MOMENTUM)
+        timed = pieces(step, X_train, X_mirrored, preprocessor, args.batch_size, rng)
+        alone = {name: median_us(fn, args.calls, args.repeats) for name, (_, fn) in timed.items()}
+        with threadpool_limits(1):
+            one_thread = {name: median_us(fn, args.calls, args.repeats) for name, (_, fn) in timed.items()}
+        group = {name: g for name, (g, _) in timed.items()}
+        total = {g: sum(alone[n] for n in alone if group[n] == g) for g in ("batch", "gemm", "weights", "step")}
+        minibatch = total["batch"] + total["step"]
+        print(f"\nhidden {H}, batch {args.batch_size}: one minibatch {minibatch:,.0f} us "
+              f"(GEMMs alone {total['gemm']:,.0f} us = {total['gemm'] / minibatch:.1%} of it)")
+        print(f"  {'piece':40s} {'us':>9s} {'share':>7s} {'1 thread':>10s}")
+        for name, us in alone.items():
+            print(f"  {name:40s} {us:9.1f} {us / minibatch:7.1%} {one_thread[name]:10.1f}")
+        rest = total["step"] - total["gemm"] - total["weights"]
+        print(f"  {'rest of the step':40s} {rest:9.1f} {rest / minibatch:7.1%}")
+
+
+if __name__ == "__main__":
+    main()
