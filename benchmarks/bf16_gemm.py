@@ -29,7 +29,6 @@ import ctypes
 import glob
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _timing import blas_lines, median_us                            # noqa: E402
 from mlp_exp.kernels import gemm                                       # noqa: E402
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -66,17 +66,6 @@ def to_bf16(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def median_us(fn, calls, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return float(np.median(times))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[100, 500, 1000, 2000])
@@ -85,10 +74,7 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=20)
     args = parser.parse_args(argv)
     print("command: " + " ".join([sys.executable, *sys.argv]))
-    from threadpoolctl import threadpool_info
-    for pool in threadpool_info():
-        print(f"  pool: {pool['internal_api']} {pool['version']} {pool.get('architecture', '')} "
-              f"threads={pool['num_threads']} ({os.path.basename(pool['filepath'])})")
+    print("\n".join(blas_lines()))
     mkl, version = load_mkl()
     if mkl is None:
         print(f"skipped: {version}")

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,24 +32,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mlp_exp import trainer                                            # noqa: E402
+from _timing import blas_lines, median_us                            # noqa: E402
 from mlp_exp.kernels import FusedStep, blas, gemm                      # noqa: E402
 from mlp_exp.net import init_params                                    # noqa: E402
 from mlp_exp.preprocessing import fit_preprocessor                     # noqa: E402
 
 NUM_TRAIN, INPUT_SIZE, NUM_CLASSES = 49_000, 3072, 10
 LEARNING_RATE, REG, MOMENTUM = 1e-3, 1e-3, 0.9
-
-
-def median_us(fn, calls, repeats) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return float(np.median(times))
 
 
 def pieces(step: FusedStep, X_train, X_mirrored, preprocessor, batch_size, rng) -> dict:
@@ -100,13 +87,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calls", type=int, default=100)
     args = parser.parse_args(argv)
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
     print("command: " + " ".join([sys.executable, *sys.argv]))
-    for pool in threadpool_info():
-        print(f"  pool: {pool['internal_api']} {pool['version']} {pool.get('architecture', '')} "
-              f"threads={pool['num_threads']} ({os.path.basename(pool['filepath'])})")
-    print("  env: " + (" ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_")))
-                       or "no OPENBLAS_/OMP_ variables"))
+    print("\n".join(blas_lines()))
     rng = np.random.default_rng(0)
     X_train = rng.integers(0, 256, size=(NUM_TRAIN, INPUT_SIZE), dtype=np.uint8)
     X_mirrored = trainer.mirror_rows(X_train)
