@@ -18,8 +18,8 @@ SAMPLER_STARTUP_TRIALS = 10
 # finished trial shares; one trial that samples nothing (the spec baseline, in studies made before
 # it carried params) empties that space, and TPE quietly samples each parameter on its own
 # (checked: Optuna's infer_relative_search_space returns {}). Grouping by the trials that do share
-# them keeps the joint model: on tests/test_study_integrity.py's synthetic objective, best of 40 trials over
-# 20 seeds, 0.5916 against 0.5875 (paired +0.0041, SD 0.010, 14 of 20 seeds; README).
+# them keeps the joint model, which found better points on tests/test_study_integrity.py's synthetic
+# objective over 20 paired seeds (README: What the default study searches, with the figures).
 TPE_OPTIONS = dict(n_startup_trials=SAMPLER_STARTUP_TRIALS, multivariate=True, group=True,
                    constant_liar=True)      # constant_liar: parallel workers do not propose the same point
 # Hyperband: rungs at 1, 3, 9, ... epochs, each keeping the best third of the trials that reach it.
