@@ -25,6 +25,8 @@ least 4 of 5 seeds. The curves go to one PNG (--png).
 minute) only checks that the protocol runs. Rows are saved one
 by one to --out (JSON lines), so an interrupted run resumes with the next
 search; --report-only prints the table and draws the PNG from what is there.
+--retrain-seeds N then retrains each study champion's configuration with N new
+seeds and tables its search-time test accuracy against theirs (goal 3).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from search_quality import logged_model_test_accuracy, run_search   # noqa: E402
+from search_quality import config_key, logged_model_test_accuracy, run_search, run_spread   # noqa: E402
 from mlp_exp.study import attrs                                      # noqa: E402
 
 SCALES = {"full": [], "small": ["--train-size", "10000", "--max-epochs", "10"],
@@ -115,6 +117,33 @@ def print_table(pairs, scale):
               f"({len(fractions)} of {len(pairs)} reached it) | | | |")
 
 
+def print_retrained(rows, seeds):
+    """Issue 14 goal 3: each study champion's search-time test accuracy against the same configuration
+    retrained with new seeds; the goal is a mean drop (over study seeds) of at most 0.5 points."""
+    runs = rows.get("spread", {}).get("runs", {})
+    found = [(s, rows[f"study-s{s}"], runs.get(config_key(rows[f"study-s{s}"]["config"]), {}))
+             for s in seeds if f"study-s{s}" in rows]
+    found = [(s, row, retrained) for s, row, retrained in found if retrained]
+    if not found:
+        return
+    print("\n| study seed | champion (hidden, lr, reg, momentum, decay) | search val | search test | "
+          "retrained seeds | retrained val | retrained test | retrained - search |")
+    print("|---|---|---|---|---|---|---|---|")
+    drops = []
+    for seed, row, retrained in found:
+        c = row["config"]
+        val = statistics.mean(r["best_val"] for r in retrained.values())
+        test = statistics.mean(r["test"] for r in retrained.values())
+        search_test = row["curve"][-1][2]
+        drops.append(100 * (test - search_test))
+        print(f"| {seed} | {c['hidden_size']}, {c['learning_rate']:.3g}, {c['reg']:.2g}, {c['momentum']:.3f}, "
+              f"{c['lr_decay']:.3f} | {row['best_val']:.4f} | {search_test:.4f} | {', '.join(sorted(retrained))} | "
+              f"{val:.4f} | {test:.4f} ({', '.join(format(r['test'], '.4f') for r in retrained.values())}) | "
+              f"{drops[-1]:+.2f} pt |")
+    if len(drops) > 1:
+        print(f"| mean | | | | | | | {statistics.mean(drops):+.2f} pt |")
+
+
 def draw(rows, pairs, png):
     import matplotlib
     matplotlib.use("Agg")
@@ -150,6 +179,9 @@ def main():
     parser.add_argument("--out", default=None, help="rows (default benchmarks/search_paired-<scale>.jsonl)")
     parser.add_argument("--png", default=None, help="curves (default docs/search_paired_<scale>.png)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--retrain-seeds", type=int, default=0,
+                        help="issue 14 goal 3: retrain each study champion with this many new training "
+                             "seeds (1000, 1001, ...) after the searches; ~2 min a run at full scale")
     args = parser.parse_args()
     trials = args.trials or TRIALS[args.scale]
     out = Path(args.out or REPO / "benchmarks" / f"search_paired-{args.scale}.jsonl")
@@ -180,6 +212,11 @@ def main():
             save()
             print(f"  {key}: {row['trials']} trials in {row['wall_s'] / 60:.1f} min, "
                   f"champion test {row['curve'][-1][2]:.4f}", flush=True)
+    if args.retrain_seeds and not args.report_only:
+        studies = {k: r for k, r in rows.items() if k.startswith("study-s")}
+        studies["spread"] = rows.setdefault("spread", {"key": "spread", "part": "spread", "runs": {}})
+        run_spread(studies, args.retrain_seeds, args.data_dir, save)
+    print_retrained(rows, args.seeds)
     pairs = [compare(rows[f"study-s{s}"], rows[f"random-s{s}"]) for s in args.seeds
              if f"study-s{s}" in rows and f"random-s{s}" in rows]
     if pairs:

@@ -14,6 +14,10 @@ timed with BLAS limited to one thread, to show what OpenBLAS's threads do for it
 
     python benchmarks/step_profile.py                  # H = 100 1000
     python benchmarks/step_profile.py --hidden 500 --repeats 9
+    python benchmarks/step_profile.py --precision bf16 # the opt-in bf16 path (needs `pip install mkl`)
+
+With --precision bf16 the pieces are the bf16 step's: its three truncating
+copies to bf16 (X, W1, dh), the two big GEMMs in bf16 and every call on MKL.
 
 Medians of --repeats loops of --calls calls; random uint8 rows (the values do
 not change the time). Prints figures only; nothing here asserts on timings.
@@ -33,7 +37,8 @@ if str(ROOT) not in sys.path:
 
 from mlp_exp import trainer                                            # noqa: E402
 from _timing import blas_lines, median_us                            # noqa: E402
-from mlp_exp.kernels import FusedStep, blas, gemm                      # noqa: E402
+from mlp_exp.blas import to_bf16                                       # noqa: E402
+from mlp_exp.kernels import FusedStep                                  # noqa: E402
 from mlp_exp.net import init_params                                    # noqa: E402
 from mlp_exp.preprocessing import fit_preprocessor                     # noqa: E402
 
@@ -62,22 +67,42 @@ def pieces(step: FusedStep, X_train, X_mirrored, preprocessor, batch_size, rng) 
     hidden, dhidden, scores = step._hidden, step._dhidden, step._scores
     grads, velocity, weights = step._grads, step._state_flat, step._flat
     regularised = step._reg_size
-    return {
+    B = step.blas                                      # OpenBLAS for fp32, MKL for bf16: the step's own
+    sgemm = lambda a, b, out, alpha=1.0, beta=0.0: B.sgemm(a, b, out, alpha, beta)   # noqa: E731
+    timed = {
         "gather uint8 rows (np.take)": ("batch", lambda: np.take(X_train, next(batches), axis=0, out=raw)),
         "flips from the mirrored copy": ("batch", flip_new_batch),
         "standardize (cast, subtract, divide)": ("batch", lambda: preprocessor.apply(raw, out=rows)),
-        "GEMM X @ W1": ("gemm", lambda: gemm(X, W1, hidden)),
-        "GEMM h @ W2": ("gemm", lambda: gemm(hidden, W2, scores)),
-        "GEMM h.T @ ds": ("gemm", lambda: gemm(hidden.T, scores, grads["W2"])),
-        "GEMM ds @ W2.T": ("gemm", lambda: gemm(scores, W2.T, dhidden)),
-        "GEMM X.T @ dh into velocity": ("gemm", lambda: gemm(X.T, dhidden, step.state["W1"],
-                                                             alpha=-1e-9, beta=MOMENTUM)),
-        "sdot: L2 penalty of [W1, W2]": ("weights", lambda: blas.sdot(weights[:regularised], weights[:regularised])),
-        "saxpy: L2 decay into velocity": ("weights", lambda: blas.saxpy(weights[:regularised],
-                                                                        velocity[:regularised], -1e-12)),
-        "saxpy: weights += velocity": ("weights", lambda: blas.saxpy(velocity, weights, 1e-12)),
-        "FusedStep.step, whole": ("step", lambda: step.step(X, y, 1e-9)),   # lr 0 would skip a GEMM
     }
+    if step.precision == "bf16":
+        X16, W16, dh16 = step._X_bf16, step._W1_bf16, step._dhidden_bf16
+        timed.update({
+            "X to bf16 (truncating copy)": ("convert", lambda: to_bf16(X, X16)),
+            "W1 to bf16 (truncating copy)": ("convert", lambda: to_bf16(W1, W16)),
+            "dh to bf16 (truncating copy)": ("convert", lambda: to_bf16(dhidden, dh16)),
+            "GEMM X @ W1 (bf16)": ("gemm", lambda: B.gemm_bf16(X16, W16, hidden, 1.0, 0.0)),
+        })
+    else:
+        timed["GEMM X @ W1"] = ("gemm", lambda: sgemm(X, W1, hidden))
+    timed.update({
+        "GEMM h @ W2": ("gemm", lambda: sgemm(hidden, W2, scores)),
+        "GEMM h.T @ ds": ("gemm", lambda: sgemm(hidden.T, scores, grads["W2"])),
+        "GEMM ds @ W2.T": ("gemm", lambda: sgemm(scores, W2.T, dhidden)),
+    })
+    if step.precision == "bf16":
+        timed["GEMM X.T @ dh into velocity (bf16)"] = ("gemm", lambda: B.gemm_bf16(
+            X16.T, dh16, step.state["W1"], -1e-9, MOMENTUM))
+    else:
+        timed["GEMM X.T @ dh into velocity"] = ("gemm", lambda: sgemm(X.T, dhidden, step.state["W1"],
+                                                                       alpha=-1e-9, beta=MOMENTUM))
+    timed.update({
+        "sdot: L2 penalty of [W1, W2]": ("weights", lambda: B.sdot(weights[:regularised], weights[:regularised])),
+        "saxpy: L2 decay into velocity": ("weights", lambda: B.saxpy(weights[:regularised],
+                                                                     velocity[:regularised], -1e-12)),
+        "saxpy: weights += velocity": ("weights", lambda: B.saxpy(velocity, weights, 1e-12)),
+        "FusedStep.step, whole": ("step", lambda: step.step(X, y, 1e-9)),   # lr 0 would skip a GEMM
+    })
+    return timed
 
 
 def main(argv=None):
@@ -86,30 +111,36 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: the opt-in path (needs `pip install mkl`), every BLAS call on MKL")
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print("\n".join(blas_lines()))
+    if args.precision == "bf16":
+        from mlp_exp.blas import mkl_backend
+        print(f"  bf16: {mkl_backend().version}, {mkl_backend().num_threads()} threads")
     rng = np.random.default_rng(0)
     X_train = rng.integers(0, 256, size=(NUM_TRAIN, INPUT_SIZE), dtype=np.uint8)
     X_mirrored = trainer.mirror_rows(X_train)
     preprocessor = fit_preprocessor(X_train[:5000], "standardize")
     for H in args.hidden:
         params = init_params(INPUT_SIZE, H, NUM_CLASSES, np.random.default_rng(1), 1e-3, dtype=np.float32)
-        step = FusedStep(params, "momentum", REG, MOMENTUM)
+        step = FusedStep(params, "momentum", REG, MOMENTUM, precision=args.precision)
         timed = pieces(step, X_train, X_mirrored, preprocessor, args.batch_size, rng)
         alone = {name: median_us(fn, args.calls, args.repeats) for name, (_, fn) in timed.items()}
         with threadpool_limits(1):
             one_thread = {name: median_us(fn, args.calls, args.repeats) for name, (_, fn) in timed.items()}
         group = {name: g for name, (g, _) in timed.items()}
-        total = {g: sum(alone[n] for n in alone if group[n] == g) for g in ("batch", "gemm", "weights", "step")}
+        total = {g: sum(alone[n] for n in alone if group[n] == g)
+                 for g in ("batch", "convert", "gemm", "weights", "step")}
         minibatch = total["batch"] + total["step"]
         print(f"\nhidden {H}, batch {args.batch_size}: one minibatch {minibatch:,.0f} us "
               f"(GEMMs alone {total['gemm']:,.0f} us = {total['gemm'] / minibatch:.1%} of it)")
         print(f"  {'piece':40s} {'us':>9s} {'share':>7s} {'1 thread':>10s}")
         for name, us in alone.items():
             print(f"  {name:40s} {us:9.1f} {us / minibatch:7.1%} {one_thread[name]:10.1f}")
-        rest = total["step"] - total["gemm"] - total["weights"]
+        rest = total["step"] - total["gemm"] - total["weights"] - total["convert"]
         print(f"  {'rest of the step':40s} {rest:9.1f} {rest / minibatch:7.1%}")
 
 

@@ -16,6 +16,12 @@ machine noise hits every column alike, it measures:
             reason printed, when torch is not importable (`pip install torch`).
   eval      the trainer's per-epoch evaluation (train sample + validation
             accuracy) as a percentage of the epoch's training time
+  bf16      the product with precision "bf16" (opt-in, needs `pip install mkl`):
+            bf16 inputs to the two big GEMMs, fp32 accumulation and weights, every
+            BLAS call on Intel MKL; "bf16 / fp32 bound" is issue 17's goal 3 ratio
+  bf16 bound  its own bound: the same five GEMMs through MKL, the two big ones on
+            bf16 operands converted once up front. Both bf16 columns are skipped,
+            with the reason printed, where MKL is not installed (--no-bf16 skips them).
 
 Every figure is the median over --repeats. The data is the CIFAR-10 replica
 under --data-dir when present, else random uint8 rows of the same shape (the
@@ -101,6 +107,9 @@ INPUT_SIZE = int(np.prod(IMAGE_SHAPE))
 # one hyperparameter setting for every column; stable (no divergence) on standardized CIFAR-10
 LEARNING_RATE, REG, MOMENTUM, INIT_STD = 1e-3, 1e-3, 0.9, 1e-3
 TORCH_WARMUP_STEPS = 5
+# MKL's OpenMP threads spin 200 ms after a call (KMP_BLOCKTIME's default), OpenBLAS's briefly: a pause
+# before each measurement keeps one column's pool from spinning on the cores the next one runs on
+POOL_IDLE_S = 0.3
 
 
 # ------------------------------------------------------------------ data
@@ -140,12 +149,12 @@ def load_data(data_dir, random_data=False) -> Data:
 
 # ------------------------------------------------------------ the columns
 
-def product_epochs(data, preprocessor, hidden, batch_size, epochs, seed, flip):
+def product_epochs(data, preprocessor, hidden, batch_size, epochs, seed, flip, precision="fp32"):
     """trainer.train as a trial runs it -> [(samples/s, eval % of epoch)] per epoch."""
     config = TrainConfig(hidden_size=hidden, learning_rate=LEARNING_RATE, reg=REG, momentum=MOMENTUM,
                          lr_decay=0.95, update="momentum", batch_size=batch_size, num_epochs=epochs,
                          init_std=INIT_STD, preprocessing="standardize", flip=flip,
-                         train_size=NUM_TRAIN, val_size=NUM_VAL, seed=seed)
+                         train_size=NUM_TRAIN, val_size=NUM_VAL, seed=seed, precision=precision)
     result = trainer.train(data.X_train, data.y_train, data.X_val, data.y_val, config,
                            preprocessor=preprocessor, X_train_mirrored=data.mirrored_for(config))
     if result.stop_reason:
@@ -173,6 +182,45 @@ def gemm_bound_epoch(X_batch, hidden, iterations, seed):
         gemm(scores, W2.T, dh)                                          # (B, C) x (C, H)
         gemm(X_batch.T, dh, velocity, alpha=-LEARNING_RATE, beta=MOMENTUM)   # W1 update, (D, B) x (B, H)
     return iterations * B / (time.perf_counter() - started)
+
+
+def bf16_gemm_bound_epoch(X_batch, hidden, iterations, seed):
+    """The bf16 path's own bound: the same five GEMMs through MKL, the two big ones on bf16 operands
+    made once up front (the path's conversions are not in it), the three small ones fp32."""
+    from mlp_exp.blas import BF16, mkl_backend, to_bf16
+    mkl = mkl_backend()
+    rng = np.random.default_rng(seed)
+    B = len(X_batch)
+    W1 = (INIT_STD * rng.standard_normal((INPUT_SIZE, hidden))).astype(np.float32)
+    W2 = (INIT_STD * rng.standard_normal((hidden, NUM_CLASSES))).astype(np.float32)
+    X16, W16 = to_bf16(X_batch, np.empty(X_batch.shape, BF16)), to_bf16(W1, np.empty(W1.shape, BF16))
+    dh16 = np.zeros((B, hidden), BF16)
+    velocity = np.zeros_like(W1)
+    h, dh = np.empty((B, hidden), np.float32), np.empty((B, hidden), np.float32)
+    scores, dW2 = np.empty((B, NUM_CLASSES), np.float32), np.empty((hidden, NUM_CLASSES), np.float32)
+    started = time.perf_counter()
+    for _ in range(iterations):
+        mkl.gemm_bf16(X16, W16, h, 1.0, 0.0)
+        mkl.sgemm(h, W2, scores, 1.0, 0.0)
+        mkl.sgemm(h.T, scores, dW2, 1.0, 0.0)
+        mkl.sgemm(scores, W2.T, dh, 1.0, 0.0)
+        mkl.gemm_bf16(X16.T, dh16, velocity, -LEARNING_RATE, MOMENTUM)
+    return iterations * B / (time.perf_counter() - started)
+
+
+def bf16_note() -> str | None:
+    """Why the bf16 columns are skipped, or None when MKL's bf16 GEMM is here."""
+    from mlp_exp.blas import mkl_backend
+    from mlp_exp.errors import UserError
+    try:
+        mkl = mkl_backend()
+    except UserError as err:
+        return f"bf16 columns skipped: {err}"
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split() \
+        if Path("/proc/cpuinfo").exists() else []
+    units = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bf16 units: emulated"
+    print(f"  bf16: {mkl.version.split(' for ')[0]}, {mkl.num_threads()} threads; CPU: {units}")
+    return None
 
 
 class TorchWorker:
@@ -335,6 +383,10 @@ def _median(values):
     return float(np.median(values)) if values else float("nan")
 
 
+def _ratio(value):
+    return "-" if value != value else f"{value:.2f}x"
+
+
 def _k(value):
     return "-" if value != value else f"{value / 1000:.1f}k"
 
@@ -368,12 +420,17 @@ def part_training_speed(args, data):
         print(torch_note)
     print(wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else "not waiting for a quiet machine")
 
-    results = {h: {"product": [], "bound": [], "torch": [], "eval": []} for h in args.hidden}
+    skip_bf16 = "bf16 columns skipped: --no-bf16" if args.no_bf16 else bf16_note()
+    if skip_bf16:
+        print(skip_bf16)
+    results = {h: {"product": [], "bound": [], "torch": [], "eval": [], "bf16": [], "bf16_bound": []}
+               for h in args.hidden}
     redone = []
 
     def measure(what, hidden, run):
         """run() once; again (after waiting for quiet) while other processes used > --max-noise cores."""
         for attempt in range(args.retries + 1):
+            time.sleep(POOL_IDLE_S)          # the other BLAS pool's threads stop spinning first
             probe = OtherLoad()
             value = run()
             load = probe.cores()
@@ -394,6 +451,11 @@ def part_training_speed(args, data):
                     r["eval"].append(eval_pct)
                 r["bound"].append(measure("bound", hidden,
                                           lambda: gemm_bound_epoch(X_batch, hidden, iterations, repeat)))
+                if not skip_bf16:
+                    r["bf16"].append(measure("bf16", hidden, lambda: product_epochs(
+                        data, preprocessor, hidden, args.batch_size, 1, repeat, args.flip, "bf16")[0][0]))
+                    r["bf16_bound"].append(measure("bf16 bound", hidden, lambda: bf16_gemm_bound_epoch(
+                        X_batch, hidden, iterations, repeat)))
                 if worker:
                     r["torch"].append(measure("torch", hidden, lambda: worker.epoch(hidden, repeat)))
             print(f"  repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
@@ -406,23 +468,28 @@ def part_training_speed(args, data):
     for hidden in args.hidden:
         r = results[hidden]
         product, bound, torch_speed = _median(r["product"]), _median(r["bound"]), _median(r["torch"])
+        bf16, bf16_bound = _median(r["bf16"]), _median(r["bf16_bound"])
         rows.append({"hidden": hidden, "product": product, "bound": bound, "torch": torch_speed,
                      "eval_pct": _median(r["eval"]),
-                     "product_over_bound": product / bound, "product_over_torch": product / torch_speed})
+                     "product_over_bound": product / bound, "product_over_torch": product / torch_speed,
+                     "bf16": bf16, "bf16_bound": bf16_bound, "bf16_over_bound": bf16 / bound,
+                     "bf16_over_bf16_bound": bf16 / bf16_bound})
 
     print()
     print(f"samples/s, median of {args.repeats} repeat(s) x {args.epochs} epoch(s); other processes used "
           f"{other_cores:.2f} cores on average meanwhile; {len(redone)} measurement(s) redone for noise"
           + (f": {', '.join(redone)}" if redone else ""))
     header = f"{'hidden':>6} | {'product':>9} | {'GEMM bound':>10} | {'torch eager':>11} | " \
-             f"{'product/bound':>13} | {'product/torch':>13} | {'eval % of epoch':>15}"
+             f"{'product/bound':>13} | {'product/torch':>13} | {'eval % of epoch':>15} | " \
+             f"{'bf16 product':>12} | {'bf16 bound':>10} | {'bf16/fp32 bound':>15} | {'bf16/own bound':>14}"
     print(header)
     print("-" * len(header))
     for row in rows:
         print(f"{row['hidden']:>6} | {_k(row['product']):>9} | {_k(row['bound']):>10} | {_k(row['torch']):>11} | "
               f"{row['product_over_bound']:>13.1%} | "
               f"{'-' if row['torch'] != row['torch'] else format(row['product_over_torch'], '.2f') + 'x':>13} | "
-              f"{row['eval_pct']:>14.2f}%")
+              f"{row['eval_pct']:>14.2f}% | {_k(row['bf16']):>12} | {_k(row['bf16_bound']):>10} | "
+              f"{_ratio(row['bf16_over_bound']):>15} | {_ratio(row['bf16_over_bf16_bound']):>14}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "other_cores": other_cores}, indent=1))
     if args.openblas_env_check:
@@ -606,6 +673,7 @@ def parse_args(argv=None):
     parser.add_argument("--random-data", action="store_true", help="random uint8 rows even if the replica exists")
     parser.add_argument("--flip", action="store_true", help="train the product with random horizontal flips")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 (MKL) columns")
     parser.add_argument("--wait-quiet", type=float, default=120.0,
                         help="wait up to this many seconds for other processes to go idle (0: don't)")
     parser.add_argument("--max-noise", type=float, default=0.1,

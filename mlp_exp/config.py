@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .optim import UPDATE_RULES
 
+PRECISIONS = ("fp32", "bf16")   # kernels.PRECISIONS: bf16 GEMM inputs, fp32 weights and accumulation
 PREPROCESSINGS = ("mean_image", "standardize", "zca")   # preprocessing.fit_preprocessor's modes
 IMAGE_SHAPE = (32, 32, 3)   # HWC: how a flattened CIFAR-10 row is laid out (flips, weight grids)
 
@@ -38,6 +39,7 @@ class TrainConfig:
     train_size: int = 49000
     val_size: int = 1000
     seed: int = 0                   # seeds init, shuffling, flips, shifts and the train-accuracy sample
+    precision: str = "fp32"         # of the two big GEMMs' inputs: "bf16" needs Intel MKL (kernels.PRECISIONS)
 
     def __post_init__(self):
         for name in ("hidden_size", "batch_size", "num_epochs", "train_size", "val_size"):
@@ -59,6 +61,8 @@ class TrainConfig:
         if self.preprocessing not in PREPROCESSINGS:
             raise ValueError(
                 f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {self.preprocessing!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.flip, bool):
             raise ValueError(f"flip must be true or false, got {self.flip!r}")
         # a shift of half the image or more would leave at most a sliver of it: no augmentation

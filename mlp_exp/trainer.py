@@ -176,7 +176,7 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
         shift_buffer = np.empty((batch_size, input_size), np.float32 if preprocessor else X_train.dtype)
     mirror = mirror_columns()
 
-    step = FusedStep(params, config.update, config.reg, config.momentum)
+    step = FusedStep(params, config.update, config.reg, config.momentum, precision=config.precision)
     learning_rate = config.learning_rate
     loss_history = np.zeros(config.num_epochs * iterations_per_epoch)
     best_params = {k: v.copy() for k, v in step.params.items()}
@@ -218,8 +218,8 @@ def train(X_train, y_train, X_val, y_val, config: TrainConfig,
                 epochs.append(EpochStats(epoch, float("nan"), float("nan"), float("nan"),
                                          learning_rate, trained - started, 0.0, params={}))
                 break
-            train_acc = float(np.mean(predict_float32(step.params, X_sample) == y_sample))
-            val_acc = float(np.mean(predict_float32(step.params, X_val) == y_val)) if len(y_val) else 0.0
+            train_acc = float(np.mean(predict_float32(step.params, X_sample, backend=step.blas) == y_sample))
+            val_acc = float(np.mean(predict_float32(step.params, X_val, backend=step.blas) == y_val)) if len(y_val) else 0.0
             stats = EpochStats(epoch, float(loss_history[it - iterations_per_epoch:it].mean()),
                                train_acc, val_acc, learning_rate, trained - started,
                                time.perf_counter() - trained, params=step.params)

@@ -49,6 +49,7 @@ SEARCH_CASES = {
     "fixed ill-typed value": (("--fixed", "hidden_size=big"), "hidden_size takes a value of type int, got 'big'"),
     "fixed bad value": (("--fixed", "learning_rate=-1"), "learning_rate must be"),
     "fixed without =": (("--fixed", "hidden_size"), "--fixed takes KEY=VALUE"),
+    "fixed unknown precision": (("--fixed", "precision=fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
     "fixed study-level key": (("--fixed", "seed=3"), "set by --seed"),
     "zero trials": (("--trials", "0"), "--trials: must be >= 1, got 0"),
     "sizes larger than the data": (("--train-size", "400", "--val-size", "50"),

@@ -119,6 +119,9 @@ def parse_fixed(pairs) -> dict:
         raise UserError(f"--fixed: {err}") from None
     if "hidden_size" in fixed:
         check_weights_fit(fixed["hidden_size"])
+    if fixed.get("precision") == "bf16":
+        from ..blas import mkl_backend
+        mkl_backend()          # refuse now, in one line, rather than fail every trial
     return fixed
 
 
