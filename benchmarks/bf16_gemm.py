@@ -25,9 +25,6 @@ without it. Nothing here asserts on timings.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import glob
-import os
 import sys
 from pathlib import Path
 
@@ -38,33 +35,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from _timing import blas_lines, median_us                            # noqa: E402
+from mlp_exp.blas import BF16, cpu_bf16_units, mkl_backend, to_bf16    # noqa: E402
+from mlp_exp.errors import UserError                                   # noqa: E402
 from mlp_exp.kernels import gemm                                       # noqa: E402
-
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-
-
-def load_mkl():
-    """(library, version) of the MKL runtime installed by the `mkl` wheel, or (None, why)."""
-    paths = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
-    if not paths:
-        return None, f"no libmkl_rt.so under {sys.prefix}/lib: `pip install mkl` (x86_64) to measure MKL"
-    lib = ctypes.CDLL(paths[-1])
-    version = ctypes.create_string_buffer(256)
-    lib.MKL_Get_Version_String(version, 256)
-    args = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                                 ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
-    for name in ("cblas_sgemm", "cblas_gemm_bf16bf16f32"):
-        getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
-    lib.MKL_Set_Num_Threads(os.cpu_count() or 1)
-    return lib, version.value.decode()
-
-
-def to_bf16(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """x float32 (C-contiguous) -> its bf16 bit patterns in out (uint16, same shape), truncated:
-    on a little-endian machine the high half of each float32 is its second uint16."""
-    np.copyto(out.reshape(-1), x.reshape(-1).view(np.uint16)[1::2])
-    return out
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,43 +48,40 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print("\n".join(blas_lines()))
-    mkl, version = load_mkl()
-    if mkl is None:
-        print(f"skipped: {version}")
+    try:
+        mkl = mkl_backend()
+    except UserError as err:
+        print(f"skipped: {err}")
         return
-    flags = open("/proc/cpuinfo").read().split("flags", 2)[1].split("\n", 1)[0].split() if os.path.exists(
-        "/proc/cpuinfo") else []
-    print(f"MKL: {version}; CPU has " + ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bf16 units")
+    version = mkl.version
+    print(f"MKL: {version}; CPU has {', '.join(cpu_bf16_units()) or 'no bf16 units'}")
 
     rng = np.random.default_rng(0)
     B, D = args.batch_size, 3072
     X = rng.standard_normal((B, D), dtype=np.float32)
-    X16 = to_bf16(X, np.empty((B, D), np.uint16))
+    X16 = to_bf16(X, np.empty((B, D), BF16))
     print(f"\nper-call medians of {args.repeats} x {args.calls}, microseconds; batch {B}")
     print("hidden | openblas fp32 pair | mkl fp32 pair | mkl bf16 pair | W1 to bf16 | bf16 / openblas | rel. error")
     print("-" * 104)
     for H in args.hidden:
         W = rng.standard_normal((D, H), dtype=np.float32) * np.float32(0.01)
         dh = rng.standard_normal((B, H), dtype=np.float32)
-        W16, dh16 = to_bf16(W, np.empty((D, H), np.uint16)), to_bf16(dh, np.empty((B, H), np.uint16))
+        W16, dh16 = to_bf16(W, np.empty((D, H), BF16)), to_bf16(dh, np.empty((B, H), BF16))
         hidden, velocity = np.empty((B, H), np.float32), np.zeros((D, H), np.float32)
 
         def openblas():
             gemm(X, W, hidden)
             gemm(X.T, dh, velocity, beta=0.9)
 
-        def mkl_pair(fn, x, w, d):
-            fn(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, B, H, D, 1.0, x.ctypes.data, D, w.ctypes.data, H,
-               0.0, hidden.ctypes.data, H)
-            fn(_ROW_MAJOR, _TRANS, _NO_TRANS, D, H, B, 1.0, x.ctypes.data, D, d.ctypes.data, H,
-               0.9, velocity.ctypes.data, H)
+        def mkl_pair(gemm_call, x, w, d):
+            gemm_call(x, w, hidden, 1.0, 0.0)
+            gemm_call(x.T, d, velocity, 1.0, 0.9)
 
         fp32 = median_us(openblas, args.calls, args.repeats)
-        mkl32 = median_us(lambda: mkl_pair(mkl.cblas_sgemm, X, W, dh), args.calls, args.repeats)
-        mkl16 = median_us(lambda: mkl_pair(mkl.cblas_gemm_bf16bf16f32, X16, W16, dh16), args.calls, args.repeats)
+        mkl32 = median_us(lambda: mkl_pair(mkl.sgemm, X, W, dh), args.calls, args.repeats)
+        mkl16 = median_us(lambda: mkl_pair(mkl.gemm_bf16, X16, W16, dh16), args.calls, args.repeats)
         convert = median_us(lambda: to_bf16(W, W16), args.calls, args.repeats)
-        mkl.cblas_gemm_bf16bf16f32(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, B, H, D, 1.0, X16.ctypes.data, D,
-                                   W16.ctypes.data, H, 0.0, hidden.ctypes.data, H)
+        mkl.gemm_bf16(X16, W16, hidden, 1.0, 0.0)
         exact = X.astype(np.float64) @ W.astype(np.float64)
         error = float(np.abs(hidden - exact).max() / np.abs(exact).max())
         print(f"{H:6d} | {fp32:18.0f} | {mkl32:13.0f} | {mkl16:13.0f} | {convert:10.0f} | "

@@ -210,15 +210,13 @@ def bf16_gemm_bound_epoch(X_batch, hidden, iterations, seed):
 
 def bf16_note() -> str | None:
     """Why the bf16 columns are skipped, or None when MKL's bf16 GEMM is here."""
-    from mlp_exp.blas import mkl_backend
+    from mlp_exp.blas import cpu_bf16_units, mkl_backend
     from mlp_exp.errors import UserError
     try:
         mkl = mkl_backend()
     except UserError as err:
         return f"bf16 columns skipped: {err}"
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split() \
-        if Path("/proc/cpuinfo").exists() else []
-    units = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bf16 units: emulated"
+    units = ", ".join(cpu_bf16_units()) or "no bf16 units: emulated"
     print(f"  bf16: {mkl.version.split(' for ')[0]}, {mkl.num_threads()} threads; CPU: {units}")
     return None
 

@@ -180,6 +180,16 @@ def mkl_backend() -> IntelMKL:
     return _mkl
 
 
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 units MKL can use (Linux /proc/cpuinfo flags); [] where it has none (MKL then
+    emulates bf16 correctly, but slower than fp32) or where /proc is missing."""
+    try:
+        flags = open("/proc/cpuinfo").read().split("flags", 2)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return []
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+
+
 class BF16Unavailable(UserError):
     """precision bf16 was asked for where no MKL with a bf16 GEMM is installed."""
 
