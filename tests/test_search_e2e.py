@@ -95,6 +95,12 @@ def test_champion_alias_and_test_accuracy(finished_study):
     study = optuna.load_study(study_name="cifar10-mlp", storage=f"sqlite:///{root}/studies/optuna.db")
     assert study.best_trial.user_attrs[attrs.MLFLOW_RUN_ID] == version.run_id
     assert f"test accuracy {test_accuracy:.4f}" in result.stdout
+    # the summary names every setting that shapes the champion, the study's fixed ones included
+    best = study.best_trial.user_attrs[attrs.CONFIG]
+    params_line = next(line for line in result.stdout.splitlines() if line.startswith("  params: "))
+    for key in ("hidden_size", "learning_rate", "init_std", "preprocessing", "flip", "translate"):
+        assert f"{key}=" in params_line, key
+    assert f"translate={best['translate']}" in params_line and "precision" not in params_line
 
     evaluated = run_cli("mlp_exp.evaluate", "--data-dir", "data", "--test-size", "120",
                         "--tracking-uri", f"sqlite:///{root}/mlruns/mlflow.db", "--json", cwd=root)

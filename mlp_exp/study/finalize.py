@@ -69,9 +69,10 @@ def format_summary(summary, promotion, settings, tracker) -> str:
     config = summary["config"]
     lines = [f"study {summary['study']!r}: best trial {summary['best_trial']} "
              f"(val accuracy {summary['val_accuracy']:.4f}, run {summary['run_id']})"]
-    lines.append("  params: " + ", ".join(f"{k}={_fmt(config[k])}" for k in (
-        "hidden_size", "learning_rate", "reg", "momentum", "lr_decay", "num_epochs",
-        "batch_size", "preprocessing", "flip") if k in config))
+    shown = ("hidden_size", "learning_rate", "reg", "momentum", "lr_decay", "num_epochs", "batch_size",
+             "init_std", "preprocessing", "flip", "translate")
+    lines.append("  params: " + ", ".join(f"{k}={_fmt(config[k])}" for k in shown if k in config)
+                 + (f", precision={config['precision']}" if config.get("precision", "fp32") != "fp32" else ""))
     verdict = summary["test_verdict"]
     if verdict:
         ours, theirs = verdict[promotion.version], next(v for k, v in verdict.items() if k != promotion.version)
