@@ -164,9 +164,11 @@ def run_spread(rows, seeds, data_dir, save):
     for index, (key, values, seed) in enumerate(todo):
         config = TrainConfig.from_dict({**values, "seed": seed})
         prep = split.preprocessors[config.preprocessing]
+        # the rows a study trial trains on: ZCA-whitened once (preprocessor None), else raw uint8
+        X_train, X_val, per_batch = split.training_rows(config.preprocessing)
         started = time.perf_counter()
-        result = train(split.X_train, split.y_train, split.X_val, split.y_val, config, preprocessor=prep,
-                       X_train_mirrored=mirrored if config.flip else None)
+        result = train(X_train, split.y_train, X_val, split.y_val, config, preprocessor=per_batch,
+                       X_train_mirrored=mirrored if config.flip and per_batch is not None else None)
         test = float(np.mean(predict_float32(result.best_params, prep.apply(split.X_test)) == split.y_test))
         spread.setdefault(key, {})[str(seed)] = {"best_val": result.best_val_accuracy, "test": test}
         save()
