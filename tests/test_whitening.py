@@ -170,8 +170,9 @@ def test_picking_flipping_and_shifting_in_one_copy_is_the_three_steps_in_turn(dt
 class RecordingStep:
     """Stands in for kernels.FusedStep: records each minibatch, updates nothing."""
     batches = []
+    blas = None            # evaluation then uses kernels' default BLAS
 
-    def __init__(self, params, *args):
+    def __init__(self, params, *args, **kwargs):
         self.params = params
 
     def step(self, X, y, learning_rate):
@@ -221,7 +222,7 @@ def test_translate_is_validated_and_off_by_default():
     assert TrainConfig().asdict() == dict(
         hidden_size=100, learning_rate=1e-5, reg=1.0, momentum=0.9, lr_decay=0.95, update="momentum",
         batch_size=100, num_epochs=5, init_std=6e-3, preprocessing="mean_image", flip=False, translate=0,
-        train_size=49000, val_size=1000, seed=0)
+        train_size=49000, val_size=1000, seed=0, precision="fp32")
     assert TrainConfig(translate=15).translate == 15
     for bad in (-1, 16, 1.5, True, "2"):
         with pytest.raises(ValueError, match="translate"):
