@@ -19,6 +19,15 @@ def median_us(fn, calls: int, repeats: int) -> float:
     return float(np.median(times))
 
 
+def mkl_line() -> str:
+    """The bf16 benchmarks' header line: MKL's version and threads, the CPU's bf16 units. Loads MKL;
+    raises mlp_exp's BF16Unavailable (a UserError) where it is not installed."""
+    from mlp_exp.blas import cpu_bf16_units, mkl_backend
+    mkl = mkl_backend()
+    units = ", ".join(cpu_bf16_units()) or "no bf16 units: emulated"
+    return f"  bf16: {mkl.version.split(' for ')[0]}, {mkl.num_threads()} threads; CPU: {units}"
+
+
 def blas_lines() -> list[str]:
     """One line per BLAS/OpenMP pool loaded in this process (which kernel OpenBLAS picked), and the
     OPENBLAS_/OMP_/MKL_ variables set, if any."""

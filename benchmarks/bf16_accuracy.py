@@ -33,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from _timing import blas_lines                                        # noqa: E402
-from mlp_exp.blas import mkl_backend                                  # noqa: E402
+from _timing import blas_lines, mkl_line                              # noqa: E402
 from mlp_exp.config import TrainConfig, parse_value                   # noqa: E402
 from mlp_exp.data import load_raw_split                               # noqa: E402
 from mlp_exp.errors import UserError                                  # noqa: E402
@@ -55,7 +54,7 @@ def main(argv=None):
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print("\n".join(blas_lines()))
     try:
-        print(f"  bf16: {mkl_backend().version}, {mkl_backend().num_threads()} threads")
+        print(mkl_line())
     except UserError as err:
         print(f"skipped: {err}")
         return

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from _timing import blas_lines, median_us                            # noqa: E402
-from mlp_exp.blas import BF16, cpu_bf16_units, mkl_backend, to_bf16    # noqa: E402
+from _timing import blas_lines, median_us, mkl_line                  # noqa: E402
+from mlp_exp.blas import BF16, mkl_backend, to_bf16                   # noqa: E402
 from mlp_exp.errors import UserError                                   # noqa: E402
 from mlp_exp.kernels import gemm                                       # noqa: E402
 
@@ -49,12 +49,11 @@ def main(argv=None):
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print("\n".join(blas_lines()))
     try:
-        mkl = mkl_backend()
+        print(mkl_line())
     except UserError as err:
         print(f"skipped: {err}")
         return
-    version = mkl.version
-    print(f"MKL: {version}; CPU has {', '.join(cpu_bf16_units()) or 'no bf16 units'}")
+    mkl = mkl_backend()
 
     rng = np.random.default_rng(0)
     B, D = args.batch_size, 3072

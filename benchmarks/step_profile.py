@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mlp_exp import trainer                                            # noqa: E402
-from _timing import blas_lines, median_us                            # noqa: E402
+from _timing import blas_lines, median_us, mkl_line                           # noqa: E402
 from mlp_exp.blas import to_bf16                                       # noqa: E402
 from mlp_exp.kernels import FusedStep                                  # noqa: E402
 from mlp_exp.net import init_params                                    # noqa: E402
@@ -67,8 +67,8 @@ def pieces(step: FusedStep, X_train, X_mirrored, preprocessor, batch_size, rng) 
     hidden, dhidden, scores = step._hidden, step._dhidden, step._scores
     grads, velocity, weights = step._grads, step._state_flat, step._flat
     regularised = step._reg_size
-    B = step.blas                                      # OpenBLAS for fp32, MKL for bf16: the step's own
-    sgemm = lambda a, b, out, alpha=1.0, beta=0.0: B.sgemm(a, b, out, alpha, beta)   # noqa: E731
+    lib = step.blas                                    # OpenBLAS for fp32, MKL for bf16: the step's own
+    sgemm = lambda a, b, out, alpha=1.0, beta=0.0: lib.sgemm(a, b, out, alpha, beta)   # noqa: E731
     timed = {
         "gather uint8 rows (np.take)": ("batch", lambda: np.take(X_train, next(batches), axis=0, out=raw)),
         "flips from the mirrored copy": ("batch", flip_new_batch),
@@ -80,7 +80,7 @@ def pieces(step: FusedStep, X_train, X_mirrored, preprocessor, batch_size, rng) 
             "X to bf16 (truncating copy)": ("convert", lambda: to_bf16(X, X16)),
             "W1 to bf16 (truncating copy)": ("convert", lambda: to_bf16(W1, W16)),
             "dh to bf16 (truncating copy)": ("convert", lambda: to_bf16(dhidden, dh16)),
-            "GEMM X @ W1 (bf16)": ("gemm", lambda: B.gemm_bf16(X16, W16, hidden, 1.0, 0.0)),
+            "GEMM X @ W1 (bf16)": ("gemm", lambda: lib.gemm_bf16(X16, W16, hidden, 1.0, 0.0)),
         })
     else:
         timed["GEMM X @ W1"] = ("gemm", lambda: sgemm(X, W1, hidden))
@@ -90,16 +90,16 @@ def pieces(step: FusedStep, X_train, X_mirrored, preprocessor, batch_size, rng) 
         "GEMM ds @ W2.T": ("gemm", lambda: sgemm(scores, W2.T, dhidden)),
     })
     if step.precision == "bf16":
-        timed["GEMM X.T @ dh into velocity (bf16)"] = ("gemm", lambda: B.gemm_bf16(
+        timed["GEMM X.T @ dh into velocity (bf16)"] = ("gemm", lambda: lib.gemm_bf16(
             X16.T, dh16, step.state["W1"], -1e-9, MOMENTUM))
     else:
         timed["GEMM X.T @ dh into velocity"] = ("gemm", lambda: sgemm(X.T, dhidden, step.state["W1"],
                                                                        alpha=-1e-9, beta=MOMENTUM))
     timed.update({
-        "sdot: L2 penalty of [W1, W2]": ("weights", lambda: B.sdot(weights[:regularised], weights[:regularised])),
-        "saxpy: L2 decay into velocity": ("weights", lambda: B.saxpy(weights[:regularised],
+        "sdot: L2 penalty of [W1, W2]": ("weights", lambda: lib.sdot(weights[:regularised], weights[:regularised])),
+        "saxpy: L2 decay into velocity": ("weights", lambda: lib.saxpy(weights[:regularised],
                                                                      velocity[:regularised], -1e-12)),
-        "saxpy: weights += velocity": ("weights", lambda: B.saxpy(velocity, weights, 1e-12)),
+        "saxpy: weights += velocity": ("weights", lambda: lib.saxpy(velocity, weights, 1e-12)),
         "FusedStep.step, whole": ("step", lambda: step.step(X, y, 1e-9)),   # lr 0 would skip a GEMM
     })
     return timed
@@ -118,8 +118,7 @@ def main(argv=None):
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print("\n".join(blas_lines()))
     if args.precision == "bf16":
-        from mlp_exp.blas import mkl_backend
-        print(f"  bf16: {mkl_backend().version}, {mkl_backend().num_threads()} threads")
+        print(mkl_line())
     rng = np.random.default_rng(0)
     X_train = rng.integers(0, 256, size=(NUM_TRAIN, INPUT_SIZE), dtype=np.uint8)
     X_mirrored = trainer.mirror_rows(X_train)

@@ -6,7 +6,7 @@ machine noise hits every column alike, it measures:
   product   `mlp_exp.trainer.train` as a trial runs it: momentum update,
             49,000 uint8 rows preprocessed per batch by a standardize
             Preprocessor, batch 200; samples/s of one epoch's training steps
-  bound     the same five sgemm calls on the same shapes (`kernels.gemm`, as
+  bound     the same five sgemm calls on the same shapes (`kernels.blas`, as
             `FusedStep` issues them, through the same BLAS), nothing else:
             the GEMM-only bound
   torch     PyTorch CPU eager, nn.Linear/ReLU/Linear, CrossEntropyLoss, SGD
@@ -99,7 +99,8 @@ from mlp_exp.config import TrainConfig                                 # noqa: E
 from mlp_exp.config import IMAGE_SHAPE                                 # noqa: E402
 from mlp_exp.data import DEFAULT_LABEL_NAMES, load_cifar10_uint8                     # noqa: E402
 from mlp_exp.preprocessing import fit_preprocessor                     # noqa: E402
-from mlp_exp.kernels import gemm                                       # noqa: E402
+from _timing import mkl_line                                          # noqa: E402
+from mlp_exp import kernels                                            # noqa: E402
 from mlp_exp.study.settings import default                             # noqa: E402
 
 NUM_TRAIN, NUM_VAL, NUM_CLASSES = 49_000, 1_000, 10
@@ -163,8 +164,10 @@ def product_epochs(data, preprocessor, hidden, batch_size, epochs, seed, flip, p
     return [(samples / e.seconds, 100.0 * e.eval_seconds / e.seconds) for e in result.epochs]
 
 
-def gemm_bound_epoch(X_batch, hidden, iterations, seed):
-    """Samples/s of `iterations` steps made only of FusedStep's five sgemm calls, same shapes and flags."""
+def gemm_bound_epoch(X_batch, hidden, iterations, seed, precision="fp32"):
+    """Samples/s of `iterations` steps made only of FusedStep's five GEMM calls, same shapes, flags and
+    BLAS. bf16: the path's own bound, all five through MKL, the two big ones on bf16 operands made once
+    up front (the path's per-step conversions are not in it), the three small ones fp32."""
     rng = np.random.default_rng(seed)
     B = len(X_batch)
     W1 = (INIT_STD * rng.standard_normal((INPUT_SIZE, hidden))).astype(np.float32)
@@ -174,50 +177,32 @@ def gemm_bound_epoch(X_batch, hidden, iterations, seed):
     dh = np.empty((B, hidden), np.float32)              # (B, H)
     scores = np.empty((B, NUM_CLASSES), np.float32)     # (B, C)
     dW2 = np.empty((hidden, NUM_CLASSES), np.float32)   # (H, C)
+    if precision == "bf16":
+        from mlp_exp.blas import BF16, mkl_backend, to_bf16
+        lib = mkl_backend()
+        big_gemm = lib.gemm_bf16
+        X_big, W1_big = to_bf16(X_batch, np.empty(X_batch.shape, BF16)), to_bf16(W1, np.empty(W1.shape, BF16))
+        dh_big = np.zeros((B, hidden), BF16)            # the GEMM's time does not depend on dh's values
+    else:
+        lib = kernels.blas
+        big_gemm, X_big, W1_big, dh_big = lib.sgemm, X_batch, W1, dh
     started = time.perf_counter()
     for _ in range(iterations):
-        gemm(X_batch, W1, h)                                            # forward, (B, D) x (D, H)
-        gemm(h, W2, scores)                                             # (B, H) x (H, C)
-        gemm(h.T, scores, dW2)                                          # (H, B) x (B, C)
-        gemm(scores, W2.T, dh)                                          # (B, C) x (C, H)
-        gemm(X_batch.T, dh, velocity, alpha=-LEARNING_RATE, beta=MOMENTUM)   # W1 update, (D, B) x (B, H)
-    return iterations * B / (time.perf_counter() - started)
-
-
-def bf16_gemm_bound_epoch(X_batch, hidden, iterations, seed):
-    """The bf16 path's own bound: the same five GEMMs through MKL, the two big ones on bf16 operands
-    made once up front (the path's conversions are not in it), the three small ones fp32."""
-    from mlp_exp.blas import BF16, mkl_backend, to_bf16
-    mkl = mkl_backend()
-    rng = np.random.default_rng(seed)
-    B = len(X_batch)
-    W1 = (INIT_STD * rng.standard_normal((INPUT_SIZE, hidden))).astype(np.float32)
-    W2 = (INIT_STD * rng.standard_normal((hidden, NUM_CLASSES))).astype(np.float32)
-    X16, W16 = to_bf16(X_batch, np.empty(X_batch.shape, BF16)), to_bf16(W1, np.empty(W1.shape, BF16))
-    dh16 = np.zeros((B, hidden), BF16)
-    velocity = np.zeros_like(W1)
-    h, dh = np.empty((B, hidden), np.float32), np.empty((B, hidden), np.float32)
-    scores, dW2 = np.empty((B, NUM_CLASSES), np.float32), np.empty((hidden, NUM_CLASSES), np.float32)
-    started = time.perf_counter()
-    for _ in range(iterations):
-        mkl.gemm_bf16(X16, W16, h, 1.0, 0.0)
-        mkl.sgemm(h, W2, scores, 1.0, 0.0)
-        mkl.sgemm(h.T, scores, dW2, 1.0, 0.0)
-        mkl.sgemm(scores, W2.T, dh, 1.0, 0.0)
-        mkl.gemm_bf16(X16.T, dh16, velocity, -LEARNING_RATE, MOMENTUM)
+        big_gemm(X_big, W1_big, h, 1.0, 0.0)                            # forward, (B, D) x (D, H)
+        lib.sgemm(h, W2, scores, 1.0, 0.0)                              # (B, H) x (H, C)
+        lib.sgemm(h.T, scores, dW2, 1.0, 0.0)                           # (H, B) x (B, C)
+        lib.sgemm(scores, W2.T, dh, 1.0, 0.0)                           # (B, C) x (C, H)
+        big_gemm(X_big.T, dh_big, velocity, -LEARNING_RATE, MOMENTUM)   # W1 update, (D, B) x (B, H)
     return iterations * B / (time.perf_counter() - started)
 
 
 def bf16_note() -> str | None:
-    """Why the bf16 columns are skipped, or None when MKL's bf16 GEMM is here."""
-    from mlp_exp.blas import cpu_bf16_units, mkl_backend
+    """Why the bf16 columns are skipped, or None (after printing MKL's line) when MKL's bf16 GEMM is here."""
     from mlp_exp.errors import UserError
     try:
-        mkl = mkl_backend()
+        print(mkl_line())
     except UserError as err:
         return f"bf16 columns skipped: {err}"
-    units = ", ".join(cpu_bf16_units()) or "no bf16 units: emulated"
-    print(f"  bf16: {mkl.version.split(' for ')[0]}, {mkl.num_threads()} threads; CPU: {units}")
     return None
 
 
@@ -318,7 +303,6 @@ def machine_lines(torch_info) -> list[str]:
         lines.append(f"  BLAS: {pool.get('internal_api')} {pool.get('version')} {pool.get('architecture', '')} "
                      f"threads={pool.get('num_threads')} ({Path(pool.get('filepath', '?')).name}, "
                      f"{'numpy' if 'numpy' in pool.get('filepath', '') else 'scipy' if 'scipy' in pool.get('filepath', '') else pool.get('prefix')})")
-    from mlp_exp import kernels
     lines.append(f"  kernels BLAS: {kernels.blas.name} {getattr(kernels.blas, 'path', '')}".rstrip())
     env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_", "MKL_"))}
     lines.append("  env: " + (", ".join(f"{k}={v}" for k, v in sorted(env.items())) or "no OPENBLAS_/OMP_/MKL_ variables"))
@@ -452,8 +436,8 @@ def part_training_speed(args, data):
                 if not skip_bf16:
                     r["bf16"].append(measure("bf16", hidden, lambda: product_epochs(
                         data, preprocessor, hidden, args.batch_size, 1, repeat, args.flip, "bf16")[0][0]))
-                    r["bf16_bound"].append(measure("bf16 bound", hidden, lambda: bf16_gemm_bound_epoch(
-                        X_batch, hidden, iterations, repeat)))
+                    r["bf16_bound"].append(measure("bf16 bound", hidden, lambda: gemm_bound_epoch(
+                        X_batch, hidden, iterations, repeat, "bf16")))
                 if worker:
                     r["torch"].append(measure("torch", hidden, lambda: worker.epoch(hidden, repeat)))
             print(f"  repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)

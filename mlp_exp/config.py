@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .optim import UPDATE_RULES
 
-PRECISIONS = ("fp32", "bf16")   # kernels.PRECISIONS: bf16 GEMM inputs, fp32 weights and accumulation
+PRECISIONS = ("fp32", "bf16")   # kernels.FusedStep's: bf16 GEMM inputs, fp32 weights and accumulation
 PREPROCESSINGS = ("mean_image", "standardize", "zca")   # preprocessing.fit_preprocessor's modes
 IMAGE_SHAPE = (32, 32, 3)   # HWC: how a flattened CIFAR-10 row is laid out (flips, weight grids)
 
@@ -39,7 +39,7 @@ class TrainConfig:
     train_size: int = 49000
     val_size: int = 1000
     seed: int = 0                   # seeds init, shuffling, flips, shifts and the train-accuracy sample
-    precision: str = "fp32"         # of the two big GEMMs' inputs: "bf16" needs Intel MKL (kernels.PRECISIONS)
+    precision: str = "fp32"         # of the two big GEMMs' inputs: "bf16" needs Intel MKL (PRECISIONS)
 
     def __post_init__(self):
         for name in ("hidden_size", "batch_size", "num_epochs", "train_size", "val_size"):

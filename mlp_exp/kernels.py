@@ -252,19 +252,16 @@ def predict_float32(params, X, batch_size=4096, backend=None):
     BLAS to use (default: the module's); a bf16 trainer passes its step's, so that training and
     its per-epoch evaluation keep to one thread pool."""
     backend = backend or blas
-
-    def gemm(a, b, out):
-        backend.sgemm(a, b, out, 1.0, 0.0)
-        return out
-
     W1, b1, W2, b2 = (np.ascontiguousarray(params[k], dtype=np.float32) for k in PARAM_NAMES)
     labels = np.empty(len(X), dtype=np.int64)
     for start in range(0, len(X), batch_size):
         chunk = np.ascontiguousarray(X[start:start + batch_size], dtype=np.float32)
-        hidden = gemm(chunk, W1, np.empty((len(chunk), W1.shape[1]), np.float32))
+        hidden = np.empty((len(chunk), W1.shape[1]), np.float32)
+        backend.sgemm(chunk, W1, hidden, 1.0, 0.0)
         hidden += b1
         np.maximum(hidden, 0, out=hidden)
-        scores = gemm(hidden, W2, np.empty((len(chunk), W2.shape[1]), np.float32))
+        scores = np.empty((len(chunk), W2.shape[1]), np.float32)
+        backend.sgemm(hidden, W2, scores, 1.0, 0.0)
         scores += b2
         labels[start:start + batch_size] = scores.argmax(axis=1)
     return labels
