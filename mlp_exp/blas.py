@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import logging
 import os
 import sys
 
@@ -21,6 +22,7 @@ from .errors import UserError
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _FLOAT_P = ctypes.POINTER(ctypes.c_float)
+log = logging.getLogger("mlp_exp.blas")
 
 
 class CtypesCBLAS:
@@ -176,6 +178,11 @@ def mkl_backend() -> IntelMKL:
         openblas = [pool["num_threads"] for pool in threadpool_info() if pool["internal_api"] == "openblas"]
         if openblas:
             backend.set_num_threads(min(openblas))
+        if not cpu_bf16_units():
+            # correct, only slow: MKL converts bf16 to fp32 in software on such CPUs (on an AVX2 EPYC
+            # the bf16 step ran slower than fp32; README: Performance), so say so rather than refuse
+            log.warning("precision bf16: this CPU has no bf16 units (avx512_bf16 / amx_bf16), so MKL "
+                        "emulates bf16 and training is slower than fp32; use precision fp32 here")
         _mkl = backend
     return _mkl
 

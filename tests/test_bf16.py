@@ -127,3 +127,19 @@ def test_the_fp32_step_never_loads_mkl():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO / "tests",
                          env={"PYTHONPATH": str(REPO)}, check=True).stdout
     assert out.strip() == "False"
+
+
+@needs_mkl
+@pytest.mark.parametrize("units, warned", [([], True), (["avx512_bf16"], False), (["amx_bf16"], False)])
+def test_bf16_on_a_cpu_without_bf16_units_warns_once_that_it_is_emulated(monkeypatch, caplog, units, warned):
+    monkeypatch.setattr(blas, "_mkl", None)          # load afresh; the process's backend comes back after
+    monkeypatch.setattr(blas, "cpu_bf16_units", lambda: units)
+    with caplog.at_level("WARNING", logger="mlp_exp.blas"):
+        blas.mkl_backend()
+        blas.mkl_backend()                           # loaded once: said once
+    messages = [r.getMessage() for r in caplog.records if r.name == "mlp_exp.blas"]
+    if warned:
+        assert len(messages) == 1 and "no bf16 units" in messages[0] and "use precision fp32" in messages[0]
+        assert "\n" not in messages[0]
+    else:
+        assert messages == []
