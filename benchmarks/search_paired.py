@@ -26,7 +26,10 @@ minute) only checks that the protocol runs. Rows are saved one
 by one to --out (JSON lines), so an interrupted run resumes with the next
 search; --report-only prints the table and draws the PNG from what is there.
 --retrain-seeds N then retrains each study champion's configuration with N new
-seeds and tables its search-time test accuracy against theirs (goal 3).
+seeds and tables its search-time test accuracy against theirs (goal 3);
+--methods study runs only the studies (random search's pair can come later).
+Each row names the machine it was measured on: random search refuses a budget
+W measured on another machine (another CPU or BLAS kernel makes W unfair).
 """
 from __future__ import annotations
 
@@ -69,6 +72,19 @@ def anytime_curve(study_name, storage, tracking_uri, data_dir) -> list[tuple[flo
             test = logged_model_test_accuracy(client, t.user_attrs[attrs.MLFLOW_RUN_ID], tracking_uri, data_dir)
             curve.append(((t.datetime_complete - start).total_seconds(), t.value, test))
     return curve
+
+
+def machine_id() -> str:
+    """What a row's wall time depends on: the CPU, the BLAS kernel NumPy's OpenBLAS picked, the cores.
+    A study's budget W is only a fair budget for random search on the machine that measured it."""
+    from threadpoolctl import threadpool_info
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        cpu = platform.processor() or platform.machine()
+    kernels = sorted({pool.get("architecture") or "?" for pool in threadpool_info() if pool["user_api"] == "blas"})
+    return f"{cpu} ({'/'.join(kernels) or 'no BLAS pool'} kernels, {os.cpu_count()} cores)"
 
 
 def value_at(curve, seconds) -> float | None:
@@ -179,6 +195,9 @@ def main():
     parser.add_argument("--out", default=None, help="rows (default benchmarks/search_paired-<scale>.jsonl)")
     parser.add_argument("--png", default=None, help="curves (default docs/search_paired_<scale>.png)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--methods", nargs="+", choices=["study", "random"], default=["study", "random"],
+                        help="which searches to run (default both); '--methods study --retrain-seeds 2' "
+                             "runs the studies and retrains their champions, leaving random search for later")
     parser.add_argument("--retrain-seeds", type=int, default=0,
                         help="issue 14 goal 3: retrain each study champion with this many new training "
                              "seeds (1000, 1001, ...) after the searches; ~2 min a run at full scale")
@@ -192,20 +211,29 @@ def main():
         out.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
 
     workdir = Path(tempfile.mkdtemp(prefix="search-paired-"))
+    machine = machine_id()
     for seed in [] if args.report_only else args.seeds:
         common = [*SCALES[args.scale], "--seed", str(seed)]
-        for method in ("study", "random"):
+        for method in args.methods:
             key = f"{method}-s{seed}"
             if key in rows:
                 continue
             if method == "study":
                 extra = ["--trials", str(trials), *common]
             else:
+                study = rows.get(f"study-s{seed}")
+                if study is None:
+                    sys.exit(f"error: no study-s{seed} row in {out} to take random search's budget from; "
+                             "run with --methods study random")
+                if study.get("machine", machine) != machine:
+                    sys.exit(f"error: study-s{seed} was measured on {study['machine']}, this is {machine}: its "
+                             f"wall time is no budget here; run the pair on one machine (remove study-s{seed} "
+                             f"from {out} to measure both here)")
                 extra = ["--sampler", "random", "--pruner", "none", "--trials", "100000",
-                         "--timeout", str(rows[f"study-s{seed}"]["wall_s"]), *common]
+                         "--timeout", str(study["wall_s"]), *common]
             part = f"{method}{seed}"
             row = run_search(f"{method}, seed {seed}", part, extra, workdir, args.data_dir)
-            row.update(key=key, seed=seed, scale=args.scale,
+            row.update(key=key, seed=seed, scale=args.scale, machine=machine,
                        curve=anytime_curve(part, f"sqlite:///{workdir}/{part}.db",
                                            f"sqlite:///{workdir}/{part}-mlruns/mlflow.db", args.data_dir))
             rows[key] = row
@@ -222,7 +250,7 @@ def main():
     if pairs:
         print_table(pairs, args.scale)
         draw(rows, pairs, png)
-    print(f"\nmachine: {os.cpu_count()} cores; command: python {' '.join(sys.argv)}")
+    print(f"\nmachine: {machine}; command: python {' '.join(sys.argv)}")
 
 
 if __name__ == "__main__":
