@@ -27,8 +27,10 @@ def champion(tmp_path_factory):
     """A store whose champion was trained on the fake data and scored on its test set, as the search does."""
     made = fake_champion(tmp_path_factory.mktemp("evaluate"), "eval-study", num_test=NUM_TEST)
     tracker, run_id = made["tracker"], made["run_id"]
-    score = tracker.score_model(tracking.DEFAULT_MODEL_URI, made["X_test"], made["y_test"])
-    tracker.log_test_accuracy(run_id, score["test_accuracy"], score["num_test"])
+    score = tracker.score_model(tracking.DEFAULT_MODEL_URI, made["X_test"], made["y_test"], made["label_names"],
+                                predictions=True)
+    tracker.log_score(tracking.DEFAULT_MODEL_URI, score, made["X_test"], made["y_test"], made["label_names"],
+                      source=str(made["folder"]))          # what the end of a study logs on the champion's run
     logged = tracker.get_run(run_id).metrics
     return dict(root=made["root"], uri=made["uri"], run_id=run_id, test_accuracy=logged["test_accuracy"],
                 num_test=logged["num_test"], X_test=made["X_test"], y_test=made["y_test"], tracker=tracker)

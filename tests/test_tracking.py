@@ -393,7 +393,12 @@ def test_score_model_and_test_accuracy_on_champion_and_parent(tracker, tiny, log
         expected = float(np.mean(predicted[mask] == c)) if mask.any() else None
         assert score["per_class"][name] == expected
 
-    tracker.log_test_accuracy(run_id, score["test_accuracy"], score["num_test"])
+    # What the end of a study logs: the evaluation on the champion's run, the outcome on the parent run.
+    scored = tracker.score_model("models:/m@champion", tiny["X_test"], tiny["y_test"], predictions=True)
+    tracker.log_score("models:/m@champion", scored, tiny["X_test"], tiny["y_test"], data.DEFAULT_LABEL_NAMES,
+                      source="tiny")
+    tracker.log_study_outcome(0, run_id, result.best_val_accuracy, "1", "1",
+                              test_accuracy=scored["test_accuracy"], num_test=scored["num_test"])
     for target in (run_id, tracker.parent_run_id):
         metrics = tracker.get_run(target).metrics
         assert metrics["test_accuracy"] == score["test_accuracy"] and metrics["num_test"] == 30

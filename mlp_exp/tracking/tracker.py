@@ -206,7 +206,7 @@ class Tracker(ModelRegistry):
         file lock (sqlite), and after creating, the oldest parent of the study
         wins; a process that lost deletes its own run. Params already on the run
         keep their first value (MLflow params are write-once). The Tracker
-        remembers the study for start_trial, log_test_accuracy and end_study.
+        remembers the study for start_trial, log_study_outcome and end_study.
         """
         mlflow = import_mlflow()
         with self._store_lock():
@@ -339,8 +339,3 @@ class Tracker(ModelRegistry):
         if self.parent_run_id is None:
             raise RuntimeError("call study_run(study_name) first")
         return self.parent_run_id
-
-    def log_test_accuracy(self, run_id: str, test_accuracy: float, num_test: int) -> None:
-        """Metrics test_accuracy and num_test on the champion's run and on the study's parent run."""
-        for target in dict.fromkeys(r for r in (run_id, self.parent_run_id) if r is not None):
-            self._log_batch(target, metrics={"test_accuracy": test_accuracy, "num_test": num_test})
