@@ -5,11 +5,13 @@ batch 200, uint8 rows, flips gathered from the mirrored copy, standardize
 preprocessing per batch), at each --hidden size. Every piece runs on the real
 step's own buffers and through the same calls (`kernels.gemm`, `kernels.blas`,
 the Preprocessor), timed alone in a loop: the batch's gather and flips, its
-preprocessing, the five GEMMs, the three passes over the weights (the L2
-penalty's sdot, the decay saxpy, the step saxpy). `FusedStep.step` is then timed
-whole; "rest of the step" is the whole minus its GEMMs and weight passes (the
-ReLU, softmax, bias sums and small velocity update, plus what the pieces lose
-to each other's cache misses when they run in sequence). Each piece is also
+preprocessing, the five GEMMs, the step's elementwise work (bias and ReLU
+forward, softmax loss, ReLU backward with the bias gradient: FusedStep's own
+methods), the three passes over the weights (the L2 penalty's sdot, the decay
+saxpy, the step saxpy). `FusedStep.step` is then timed whole; "rest of the
+step" is the whole minus all those pieces: the few tiny calls left (b2, the
+small velocity update) and what the pieces lose to each other when they run in
+sequence (each timed alone finds its operands in cache). Each piece is also
 timed with BLAS limited to one thread, to show what OpenBLAS's threads do for it.
 
     python benchmarks/step_profile.py                  # H = 100 1000
@@ -95,6 +97,12 @@ def pieces(step: FusedStep, X_train, X_mirrored, preprocessor, batch_size, rng) 
     else:
         timed["GEMM X.T @ dh into velocity"] = ("gemm", lambda: sgemm(X.T, dhidden, step.state["W1"],
                                                                        alpha=-1e-9, beta=MOMENTUM))
+    b1, active, grad_b1 = step.params["b1"], step._active, grads["b1"]
+    timed.update({
+        "bias + ReLU and its mask (B, H)": ("elementwise", lambda: step._relu_forward(hidden, b1, active)),
+        "softmax loss and dscores (B, C)": ("elementwise", lambda: step._softmax_loss(scores, y)),
+        "ReLU backward + b1 gradient (B, H)": ("elementwise", lambda: step._relu_backward(dhidden, active, grad_b1)),
+    })
     timed.update({
         "sdot: L2 penalty of [W1, W2]": ("weights", lambda: lib.sdot(weights[:regularised], weights[:regularised])),
         "saxpy: L2 decay into velocity": ("weights", lambda: lib.saxpy(weights[:regularised],
@@ -132,15 +140,15 @@ def main(argv=None):
             one_thread = {name: median_us(fn, args.calls, args.repeats) for name, (_, fn) in timed.items()}
         group = {name: g for name, (g, _) in timed.items()}
         total = {g: sum(alone[n] for n in alone if group[n] == g)
-                 for g in ("batch", "convert", "gemm", "weights", "step")}
+                 for g in ("batch", "convert", "gemm", "elementwise", "weights", "step")}
         minibatch = total["batch"] + total["step"]
         print(f"\nhidden {H}, batch {args.batch_size}: one minibatch {minibatch:,.0f} us "
               f"(GEMMs alone {total['gemm']:,.0f} us = {total['gemm'] / minibatch:.1%} of it)")
         print(f"  {'piece':40s} {'us':>9s} {'share':>7s} {'1 thread':>10s}")
         for name, us in alone.items():
             print(f"  {name:40s} {us:9.1f} {us / minibatch:7.1%} {one_thread[name]:10.1f}")
-        rest = total["step"] - total["gemm"] - total["weights"] - total["convert"]
-        print(f"  {'rest of the step':40s} {rest:9.1f} {rest / minibatch:7.1%}")
+        rest = total["step"] - sum(total[g] for g in ("convert", "gemm", "elementwise", "weights"))
+        print(f"  {'rest (tiny calls, pieces in sequence)':40s} {rest:9.1f} {rest / minibatch:7.1%}")
 
 
 if __name__ == "__main__":

@@ -161,13 +161,38 @@ class FusedStep:
 
         # forward
         self._first_layer(X, W1, hidden)                   # (B, H)
+        self._relu_forward(hidden, b1, active)
+        self.blas.sgemm(hidden, W2, scores, 1.0, 0.0)      # (B, C)
+        scores += b2
+        data_loss = self._softmax_loss(scores, y)          # scores now hold dscores
+        dscores = scores                                   # (B, C)
+
+        # second layer gradients (W2's without the L2 term: the update adds it), then back through the relu
+        self.blas.sgemm(hidden.T, dscores, grads["W2"], 1.0, 0.0)   # (H, C)
+        np.sum(dscores, axis=0, out=grads["b2"])
+        self.blas.sgemm(dscores, W2.T, dhidden, 1.0, 0.0)  # (B, H)
+        self._relu_backward(dhidden, active, grads["b1"])
+
+        if self.update == "momentum":
+            self._momentum_update(X, dhidden, lr)
+        elif self.update == "sgd":
+            self._sgd_update(X, dhidden, lr)
+        else:
+            self._rmsprop_update(X, dhidden, lr)
+        return data_loss + reg_loss
+
+    # The step's elementwise work, one method a piece so benchmarks/step_profile.py can time each on
+    # the step's own buffers.
+    @staticmethod
+    def _relu_forward(hidden, b1, active):
+        """hidden <- relu(hidden + b1) in place; active <- its mask, for the backward pass."""
         hidden += b1
         np.greater(hidden, 0, out=active)
         np.maximum(hidden, 0, out=hidden)
-        self.blas.sgemm(hidden, W2, scores, 1.0, 0.0)      # (B, C)
-        scores += b2
 
-        # softmax loss, with dscores = (softmax - onehot) / B written over scores
+    def _softmax_loss(self, scores, y) -> float:
+        """Mean softmax loss of scores (B, C), overwriting them with dscores = (softmax - onehot) / B."""
+        B = scores.shape[0]
         scores -= scores.max(axis=1, keepdims=True)
         flat_scores = scores.reshape(-1)
         true_class = self._row_starts + y                  # (B,) flat index of each row's true class
@@ -178,22 +203,13 @@ class FusedStep:
         np.divide(1.0 / B, sums, out=sums)
         scores *= sums[:, None]
         flat_scores[true_class] -= 1.0 / B
-        dscores = scores                                   # (B, C)
+        return data_loss
 
-        # second layer gradients (W2's without the L2 term: the update adds it), then back through the relu
-        self.blas.sgemm(hidden.T, dscores, grads["W2"], 1.0, 0.0)   # (H, C)
-        np.sum(dscores, axis=0, out=grads["b2"])
-        self.blas.sgemm(dscores, W2.T, dhidden, 1.0, 0.0)  # (B, H)
+    @staticmethod
+    def _relu_backward(dhidden, active, grad_b1):
+        """dhidden <- dhidden * relu mask in place; grad_b1 <- its column sums."""
         np.multiply(dhidden, active, out=dhidden)
-        np.sum(dhidden, axis=0, out=grads["b1"])
-
-        if self.update == "momentum":
-            self._momentum_update(X, dhidden, lr)
-        elif self.update == "sgd":
-            self._sgd_update(X, dhidden, lr)
-        else:
-            self._rmsprop_update(X, dhidden, lr)
-        return data_loss + reg_loss
+        np.sum(dhidden, axis=0, out=grad_b1)
 
     def _first_layer(self, X, W1, hidden):
         """hidden <- X @ W1; in bf16, from bf16 copies of both (X's is kept for the W1 gradient)."""
