@@ -102,8 +102,6 @@ def pieces(step: FusedStep, X_train, X_mirrored, preprocessor, batch_size, rng) 
         "bias + ReLU and its mask (B, H)": ("elementwise", lambda: step._relu_forward(hidden, b1, active)),
         "softmax loss and dscores (B, C)": ("elementwise", lambda: step._softmax_loss(scores, y)),
         "ReLU backward + b1 gradient (B, H)": ("elementwise", lambda: step._relu_backward(dhidden, active, grad_b1)),
-    })
-    timed.update({
         "sdot: L2 penalty of [W1, W2]": ("weights", lambda: lib.sdot(weights[:regularised], weights[:regularised])),
         "saxpy: L2 decay into velocity": ("weights", lambda: lib.saxpy(weights[:regularised],
                                                                      velocity[:regularised], -1e-12)),

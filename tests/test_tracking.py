@@ -383,7 +383,7 @@ def test_promote_moves_champion_only_on_improvement(tracker, tiny):
 def test_score_model_and_test_accuracy_on_champion_and_parent(tracker, tiny, logged_model):
     run_id, _, result = logged_model
     tracker.promote("m", run_id, result.best_val_accuracy)
-    score = tracker.score_model("models:/m@champion", tiny["X_test"], tiny["y_test"])
+    score = tracker.score_model("models:/m@champion", tiny["X_test"], tiny["y_test"], predictions=True)
     predicted = kernels.predict_float32(result.best_params, tiny["pre"].apply(tiny["X_test"]))
     assert score["test_accuracy"] == float(np.mean(predicted == tiny["y_test"]))
     assert score["num_test"] == 30 and score["run_id"] == run_id and score["model_uri"] == "models:/m@champion"
@@ -394,11 +394,10 @@ def test_score_model_and_test_accuracy_on_champion_and_parent(tracker, tiny, log
         assert score["per_class"][name] == expected
 
     # What the end of a study logs: the evaluation on the champion's run, the outcome on the parent run.
-    scored = tracker.score_model("models:/m@champion", tiny["X_test"], tiny["y_test"], predictions=True)
-    tracker.log_score("models:/m@champion", scored, tiny["X_test"], tiny["y_test"], data.DEFAULT_LABEL_NAMES,
+    tracker.log_score("models:/m@champion", score, tiny["X_test"], tiny["y_test"], data.DEFAULT_LABEL_NAMES,
                       source="tiny")
     tracker.log_study_outcome(0, run_id, result.best_val_accuracy, "1", "1",
-                              test_accuracy=scored["test_accuracy"], num_test=scored["num_test"])
+                              test_accuracy=score["test_accuracy"], num_test=score["num_test"])
     for target in (run_id, tracker.parent_run_id):
         metrics = tracker.get_run(target).metrics
         assert metrics["test_accuracy"] == score["test_accuracy"] and metrics["num_test"] == 30
