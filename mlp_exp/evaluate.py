@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
+from pathlib import Path
 
 from . import cli
 from .errors import UserError, one_line
@@ -74,6 +76,22 @@ def format_report(score: dict) -> str:
     return "\n".join(lines)
 
 
+def check_predictions_path(path) -> None:
+    """A UserError now, before the model is scored and the score logged, if --predictions could not
+    be written later (the file itself is only written at the end: an existing one is kept until then)."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        reason = "it is a folder"
+    elif not folder.is_dir():
+        reason = f"there is no folder {folder}"
+    elif not os.access(target if target.exists() else folder, os.W_OK):
+        reason = f"{'it' if target.exists() else f'the folder {folder}'} is not writable"
+    else:
+        return
+    raise UserError(f"cannot write --predictions {path}: {reason}; nothing was evaluated or logged")
+
+
 def write_predictions(path, predictions, y_true, label_names) -> None:
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
@@ -89,6 +107,8 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         model_uri = args.model_uri
+        if args.predictions is not None:
+            check_predictions_path(args.predictions)
         from .tracking.evaluation import evaluate_on_test_set
         with interrupts:        # Ctrl-C stops loading and scoring at once, never the logging
             score = evaluate_on_test_set(args.model_uri, args.tracking_uri, args.data_dir, args.test_size,

@@ -38,7 +38,12 @@ class _SignalScope:
             self._previous_hook(unraisable)
 
     def _install(self) -> None:
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        # A SIGINT ignored by whoever started us stays ignored, as Python's own Ctrl-C handler
+        # leaves it: a shell without job control starts `search ... &` that way, so that a Ctrl-C
+        # meant for the script in the foreground does not stop its background jobs. SIGTERM is
+        # always handled: the product stops its own workers with it.
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)
+                          if not (signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN)}
         self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
 
     def _restore(self) -> None:

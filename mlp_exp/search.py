@@ -87,7 +87,8 @@ def build_parser():
     p.add_argument("--allow-changed-settings", action="store_true",
                    help="continue an existing study although --train-size, --val-size, --max-epochs, "
                         "--fixed, --seed or the data differ from the ones it was created with (its trials "
-                        "then measure different things); without it such a run is refused")
+                        "then measure different things), or its MLflow store (--tracking-uri) does (a store "
+                        "moved on purpose); without it such a run is refused")
     p.add_argument("--blas-threads", type=cli.positive_int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)   # spawned workers
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)    # ... and which one
@@ -95,8 +96,8 @@ def build_parser():
 
 
 def settings_from_args(args) -> StudySettings:
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed < 2**32:          # what Optuna's samplers (NumPy's RandomState) accept
+        raise UserError(f"--seed must be between 0 and {2**32 - 1}, got {args.seed}")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(StudySettings)}
     return StudySettings(**{**values, "fixed": parse_fixed(args.fixed)})
 

@@ -1,10 +1,17 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from helpers import REPO
 
+# Tests send Ctrl-C to the commands they start. Run from a shell without job control (a CI
+# script's `pytest &`), this process, and so every child, would start with SIGINT ignored, and a
+# command keeps an inherited ignored SIGINT ignored (interrupts._SignalScope): give the children
+# Python's own handler to inherit, which exec resets to the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def find_cifar10():

@@ -52,6 +52,8 @@ SEARCH_CASES = {
     "fixed unknown precision": (("--fixed", "precision=fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
     "fixed study-level key": (("--fixed", "seed=3"), "set by --seed"),
     "zero trials": (("--trials", "0"), "--trials: must be >= 1, got 0"),
+    "seed too large for the samplers": (("--seed", str(2**32)), f"--seed must be between 0 and {2**32 - 1}"),
+    "negative seed": (("--seed", "-1"), "--seed must be between 0 and"),
     "sizes larger than the data": (("--train-size", "400", "--val-size", "50"),
                                    "400 + 50 = 450 exceeds the 400 CIFAR-10 training images"),
 }
@@ -75,6 +77,10 @@ EVALUATE_CASES = {
                            "error: no model at models:/never-registered@champion"),
     "unknown run": (("--model-uri", "runs:/0123456789abcdef0123456789abcdef/model"),
                     "error: cannot load model runs:/0123456789abcdef0123456789abcdef/model"),
+    # checked before the model is even looked up (so before anything could be scored and logged)
+    "predictions into a missing folder": (("--predictions", "nowhere/p.csv"),
+                                          "error: cannot write --predictions nowhere/p.csv: there is no folder nowhere"),
+    "predictions onto a folder": (("--predictions", "data"), "error: cannot write --predictions data: it is a folder"),
 }
 
 

@@ -270,6 +270,34 @@ def test_an_interrupt_is_raised_at_once_in_computation_and_held_back_elsewhere()
     assert reached == ["written", "went on"]
 
 
+def test_a_ctrl_c_ignored_by_the_parent_stays_ignored_and_sigterm_still_stops(study_dir):
+    """A shell without job control (a script's `search ... &`) starts its background jobs with SIGINT
+    ignored, so that a Ctrl-C meant for the script does not reach them: the search keeps it ignored,
+    as Python itself does, and SIGTERM still closes its trial."""
+    import subprocess
+    from stores import cli_env, search_cmd
+    hold_dir = study_dir / "hold"
+    hold_dir.mkdir()
+    with open(study_dir / "worker.out", "w") as out, open(study_dir / "worker.err", "w") as err:
+        process = subprocess.Popen(search_cmd("--trials", "4", *LONG), cwd=study_dir,
+                                   env=cli_env(MLP_EXP_HOLD_DIR=str(hold_dir)), stdout=out, stderr=err,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        held = wait_for(lambda: held_trials(hold_dir) if process.poll() is None else "exited", 180,
+                        "a trial held at its first epoch", poll=0.05)
+        assert held != "exited", stderr_of(study_dir)
+        os.kill(process.pid, signal.SIGINT)
+        time.sleep(2)
+        assert process.poll() is None, "an ignored Ctrl-C stopped the search: " + stderr_of(study_dir)
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(120) == 143, stderr_of(study_dir)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert stderr_of(study_dir).strip().splitlines() == [
+        "terminated: study 'cifar10-mlp' saved with 1 of 4 trials finished; run the same command again to resume"]
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("later_block", [True, False], ids=["then an Interrupts block", "then nothing"])
 def test_a_signal_python_drops_in_garbage_collection_still_stops_the_command(capsys, sig, code, later_block):

@@ -163,6 +163,25 @@ def test_an_existing_study_refuses_other_data(root):
     refused(root, "--data-dir", "other-data", expected=("study 'cifar10-mlp'", "data", *WAY_OUT))
 
 
+def test_an_existing_study_refuses_another_mlflow_store(root):
+    """Resumed in a shell without the MLFLOW_TRACKING_URI it was started with, a study would open a
+    second parent run in the default store and fail at promotion, after every trial."""
+    line = refused(root, "--tracking-uri", "sqlite:///elsewhere/mlflow.db",
+                   expected=("study 'cifar10-mlp'", "sqlite:///mlruns/mlflow.db", "sqlite:///elsewhere/mlflow.db",
+                             "--tracking-uri sqlite:///mlruns/mlflow.db", "--study-name NEW"))
+    assert line.index("mlruns") < line.index("elsewhere")
+    assert not (root / "elsewhere" / "mlflow.db").exists()
+
+
+def test_the_same_store_spelled_as_an_absolute_path_resumes(root):
+    first = run_search("--trials", "1", *TINY, "--study-name", "spelled", "--no-finalize", cwd=root)
+    assert first.returncode == 0, first.stderr
+    again = run_search("--trials", "2", *TINY, "--study-name", "spelled", "--no-finalize",
+                       "--tracking-uri", f"sqlite:///{root}/mlruns/mlflow.db", cwd=root)
+    assert again.returncode == 0, again.stderr
+    assert len(load_study(f"sqlite:///{root}/studies/optuna.db", "spelled").get_trials()) == 2
+
+
 def test_allow_changed_settings_continues_a_study_on_purpose_and_records_the_change(root):
     first = run_search("--trials", "1", *TINY, "--study-name", "allowed", "--no-finalize", cwd=root)
     assert first.returncode == 0, first.stderr

@@ -26,7 +26,9 @@ def searched_view(study, names):
     """For the report's parameter plots: (view, importances). `view` is an in-memory copy of `study`
     holding only the trials the sampler drew every one of `names` for: not the spec baseline, whose
     lr and reg lie far outside the space (it would squash every axis; Optuna's add_trial refuses
-    it, too); `importances` their normalised fANOVA importances, {} before two of them complete."""
+    it, too); `importances` their normalised importances by Optuna's default evaluator (PED-ANOVA
+    in Optuna 5: how much each parameter tells the top quantile of trials from the rest), {} before
+    two of them complete."""
     view = optuna.create_study(study_name=study.study_name, directions=study.directions)
     view.add_trials([t for t in study.get_trials(deepcopy=False)
                      if set(names) <= set(t.params) and not t.user_attrs.get(attrs.BASELINE)])

@@ -2,7 +2,7 @@
 
 What it holds (PNG figures, trials.csv, summary.txt):
 - optimization_history: each trial's validation accuracy and the best so far
-- param_importances: fANOVA importance of the searched parameters (complete trials)
+- param_importances: PED-ANOVA importance (Optuna 5's default evaluator) of the searched parameters (complete trials)
 - parallel_coordinate: every complete trial across the searched parameters
 - slice: validation accuracy against each of the (up to) three most important parameters
 - contour: validation accuracy over the two most important parameters

@@ -106,6 +106,20 @@ def refuse_incompatible(study, settings: StudySettings, data_id: str | None = No
     return changed
 
 
+def refuse_other_tracking_store(study, settings: StudySettings) -> None:
+    """A UserError if an existing study's runs live in another MLflow store than this run's (unless
+    --allow-changed-settings): resumed without the MLFLOW_TRACKING_URI it was started with, a search
+    would open a second parent run in the default store, and fail at promotion, after every trial,
+    as its best trial's run and model are in the first."""
+    recorded = study.user_attrs.get(attrs.MLFLOW_TRACKING_URI)
+    if recorded is None or settings.allow_changed_settings or tracking.same_store(recorded, settings.tracking_uri):
+        return
+    current = safe_url(tracking.resolve_tracking_uri(settings.tracking_uri, create=False))
+    raise UserError(f"study {settings.study_name!r} logs to the MLflow store {recorded}, this run would log to "
+                    f"{current}: pass --tracking-uri {recorded} (or set MLFLOW_TRACKING_URI as before), or "
+                    "--study-name NEW to start a new study")
+
+
 def record_settings(study, settings: StudySettings, data_id: str | None, changed: dict) -> None:
     """Record the study's defining settings if it has none (new, or created before they were
     recorded), or the data if they lack it; and a change --allow-changed-settings let through."""
@@ -160,6 +174,7 @@ def open_session(settings: StudySettings, *, parent_run: bool = True, worker_ind
     found = existing_study(settings, storage)
     if found is not None:
         refuse_incompatible(found, settings, data_id)
+        refuse_other_tracking_store(found, settings)
     tracker = on_stale.tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
     study, description = make_study(settings, tracker, storage, data_id=data_id, worker_index=worker_index)
     if parent_run:

@@ -5,7 +5,8 @@ promotion, model scoring and the UI server. mlflow is imported on first use
 (store.import_mlflow), never at package import.
 
     names        every name written into a store (tags, metrics, artifacts, the model name); check_names
-    store        tracking URIs, artifact roots, whether a store or server can be used, making a store at once
+    store        tracking URIs, artifact roots, whether a store or server can be used, making a store at once,
+                 whether a URI is the store a study recorded (same_store)
     tracker      Tracker: one study's experiment, parent run and nested trial runs
     trial_run    TrialRun: one trial's logging, on a background thread
     registry     log_model, promote, champion (a Tracker mixin)
@@ -23,7 +24,7 @@ from .names import (DEFAULT_TRACKING_URI, TRACKING_URI_ENV, DEFAULT_MODEL_NAME, 
 from .registry import Champion, Promotion
 from .scoring import LoadedModel, load_model, score_model
 from .evaluation import evaluate_on_test_set
-from .store import artifact_root, check_store, resolve_tracking_uri
+from .store import artifact_root, check_store, resolve_tracking_uri, same_store
 from .tracker import TrackedRun, Tracker
 from .trial_run import TrialRun
 
@@ -34,4 +35,4 @@ __all__ = ["DEFAULT_TRACKING_URI", "TRACKING_URI_ENV", "DEFAULT_MODEL_NAME", "CH
            "GRID_UNITS", "CURVES_ARTIFACT", "CURVES_DPI", "MODEL_NAME_IN_RUN", "TERMINAL_STATUSES",
            "Champion", "Promotion", "LoadedModel", "load_model", "score_model", "evaluate_on_test_set",
            "artifact_root", "resolve_tracking_uri", "TrackedRun", "Tracker", "TrialRun", "check_names",
-           "check_store"]
+           "check_store", "same_store"]

@@ -3,6 +3,8 @@
 Changing one of these changes the store layout: existing `mlruns/` stores
 (and the runs the report and the tests look up by tag) would no longer match.
 """
+import posixpath
+
 from ..errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -57,6 +59,9 @@ def check_names(study_name: str, model_name: str) -> None:
         if "'" in name and '"' in name:
             raise UserError(f"{flag} {name!r} holds both kinds of quote (' and \"); MLflow cannot search for "
                             f"such a name: drop one kind")
+        if "\\" in name:                  # before the closing quote it escapes it: the filter breaks
+            raise UserError(f"{flag} {name!r} holds a backslash, which MLflow's search filters read as an "
+                            f"escape: drop it")
     if len(study_name) > MAX_EXPERIMENT_NAME:
         raise UserError(f"--study-name is {len(study_name)} characters long; it names the MLflow experiment, "
                         f"which takes at most {MAX_EXPERIMENT_NAME}")
@@ -64,3 +69,7 @@ def check_names(study_name: str, model_name: str) -> None:
         if char in model_name:
             raise UserError(f"--model-name {model_name!r} holds {char!r}; MLflow model names cannot contain "
                             f"{' or '.join(map(repr, MODEL_NAME_FORBIDS))}: choose another, e.g. {DEFAULT_MODEL_NAME}")
+    if posixpath.normpath(model_name) != model_name or model_name == "." or model_name.startswith(".."):
+        # MLflow's own rule (it may store a model under its name as a path): checked only at promotion
+        raise UserError(f"--model-name {model_name!r} reads as a relative path, which MLflow refuses for a "
+                        f"model name: choose another, e.g. {DEFAULT_MODEL_NAME}")

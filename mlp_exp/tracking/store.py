@@ -265,6 +265,16 @@ def store_errors(uri: str):
         raise UserError(f"cannot use the MLflow store at {safe_url(uri)}: {safe_url(one_line(err, 300))}") from err
 
 
+def same_store(recorded: str, uri=None) -> bool:
+    """Whether `uri` (resolved as resolve_tracking_uri does, creating nothing) is the store a study
+    recorded, as safe_url(tracker.tracking_uri): sqlite files compared as paths from here, so the
+    relative default and its absolute spelling are one store; other URIs as written, password hidden."""
+    current = resolve_tracking_uri(uri, create=False)
+    if recorded.startswith("sqlite:///") and current.startswith("sqlite:///"):
+        return sqlite_path(recorded).resolve() == sqlite_path(current).resolve()
+    return safe_url(current) == recorded
+
+
 def filter_literal(value: str) -> str:
     """A search-filter string literal."""
     value = str(value)
