@@ -181,9 +181,19 @@ def test_trial_metric_chart(ui, study, browser, tmp_path):
     # the chart's x axis runs over the logged epochs (steps 1..3)
     steps = [m.step for m in study["client"].get_metric_history(run.info.run_id, "val_accuracy")]
     assert sorted(steps) == [1, 2, 3]
-    ticks = browser.execute_script(
-        "return Array.from(document.querySelectorAll('.js-plotly-plot .xtick text')).map(t => t.textContent)")
-    assert set(ticks) >= {"1", "2", "3"}, ticks
+    # waited for, not read once: the page can draw a chart before the metric's history arrives and redraw
+    # it after (one CI run read x ticks 0 to 0.05 at the first draw, the scale of a bar of the latest value)
+    seen = []
+
+    def x_ticks(driver) -> set:
+        seen[:] = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot .xtick text')).map(t => t.textContent)")
+        return set(seen)
+
+    try:
+        WebDriverWait(browser, WAIT, poll_frequency=0.5).until(lambda d: x_ticks(d) >= {"1", "2", "3"})
+    except Exception as err:
+        raise AssertionError(f"the chart's x axis never showed steps 1, 2, 3; its last ticks: {seen}") from err
     assert browser.save_screenshot(str(tmp_path / "metric.png"))
 
 
