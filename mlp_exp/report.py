@@ -51,8 +51,14 @@ def main(argv=None) -> int:
         raise UserError(f"--out {out} is a file, not a folder; pass a folder for the report's files")
     logging.getLogger("optuna").setLevel(logging.WARNING)
     study = load_study(args.study_name, args.storage)
-    tracker = tracking.Tracker(args.tracking_uri, experiment_name=args.study_name)
+    # read-only until there is something to log: --no-log (or a study with no parent run) writes to no store
+    tracker = tracking.Tracker(args.tracking_uri, experiment_name=args.study_name, create=False)
     parent = tracker.find_study_run(args.study_name)
+    if args.log and parent is not None:
+        try:
+            tracking.check_store(tracker.tracking_uri, write=True)
+        except UserError as err:
+            raise UserError(f"{err}; or pass --no-log to only write --out") from None
     runs = tracker.find_trial_runs(study_name=args.study_name) if parent is not None else []
     if parent is None:
         log.warning("no MLflow runs of study %r in %s: the table has no run ids", args.study_name,

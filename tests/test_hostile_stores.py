@@ -256,6 +256,13 @@ def test_read_only_stores_are_one_line(study_dir, readonly):
     scored = run_cli(*evaluate, "--no-log", cwd=mount)
     assert scored.returncode == 0, scored.stderr
     assert snapshot(mount) == before
+    # and so for the report: logging it to the parent run is refused up front, --no-log only reads
+    out = mount.parent / "report-out"
+    assert_one_line_error(run_cli("mlp_exp.report", "--out", str(out), cwd=mount), "not writable", "--no-log")
+    reported = run_cli("mlp_exp.report", "--out", str(out), "--no-log", cwd=mount)
+    assert reported.returncode == 0, reported.stderr
+    assert (out / "trials.csv").is_file() and "no MLflow runs" not in reported.stderr
+    assert snapshot(mount) == before
 
 
 @pytest.mark.parametrize("flag", ["--tracking-uri", "--storage"])

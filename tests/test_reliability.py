@@ -435,6 +435,50 @@ def test_sigterm_while_promoting_exits_143_in_one_line_and_closes_the_parent_run
     assert parent.info.status == "FINISHED" and parent.data.tags["mlp_exp.champion_version"] == str(version.version)
 
 
+def test_evaluate_logs_nothing_when_the_alias_moves_while_it_scores(study_dir):
+    """Held after scoring @champion, the alias is moved to another version: the score is not logged on
+    the version it was not measured on; one line, exit 2, and nothing else in the stores changes."""
+    import subprocess
+    import mlflow
+    from helpers import cli_env
+    from stores import snapshot
+
+    assert run_search("--trials", "1", *TINY, cwd=study_dir).returncode == 0
+    _, tracking = uris(study_dir)
+    client = mlflow.MlflowClient(tracking)
+    first = client.get_model_version_by_alias("mlp-cifar10", "champion")
+    experiment = client.get_experiment_by_name("cifar10-mlp")
+    parent = next(r for r in client.search_runs([experiment.experiment_id])
+                  if r.data.tags["mlp_exp.role"] == "study")
+    hold_dir = study_dir / "hold"
+    hold_dir.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "mlp_exp.evaluate", "--data-dir", "data", "--test-size", "50"],
+                               cwd=study_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=cli_env(MLP_EXP_HOLD_DIR=str(hold_dir)))
+    try:
+        wait_for(lambda: (hold_dir / "held-evaluate").exists() or process.poll() is not None, 180,
+                 "evaluate to reach held-evaluate", poll=0.05)
+        assert process.poll() is None, process.stderr.read()
+        # another version, of another run, takes the alias while evaluate holds its score of the first
+        moved = client.create_model_version("mlp-cifar10", first.source, run_id=parent.info.run_id)
+        client.set_registered_model_alias("mlp-cifar10", "champion", moved.version)
+        before = snapshot(study_dir)
+        (hold_dir / "release").touch()
+        stdout, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: scored models:/mlp-cifar10@champion (version "
+                                                   f"{first.version}, test accuracy "), stderr
+    assert f"meanwhile it moved to version {moved.version}: nothing was logged" in lines[0]
+    after = snapshot(study_dir)
+    strip = lambda shot: {**shot, "files": [f for f in shot["files"] if not f.startswith("hold")]}  # noqa: E731
+    assert strip(after) == strip(before)
+    assert "test_accuracy" not in client.get_model_version("mlp-cifar10", moved.version).tags
+
+
 def test_ctrl_c_in_evaluate_exits_130_in_one_line_and_logs_nothing(study_dir):
     """Held after scoring, before logging: Ctrl-C there ends the command in one line, no traceback,
     and neither store changes (the evaluation is all or nothing)."""

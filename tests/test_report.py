@@ -241,3 +241,25 @@ def test_report_command_names_a_missing_study(real_study, tmp_path):
     missing = run_cli("mlp_exp.report", "--storage", f"sqlite:///{tmp_path}/none.db", cwd=tmp_path)
     assert missing.returncode == 2 and "no Optuna storage" in missing.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_report_no_log_writes_to_no_store(real_study, tmp_path):
+    """--no-log only reads: the stores are unchanged, and a tracking store that is not there is
+    reported as having no runs, not created."""
+    from stores import snapshot
+
+    root, _ = real_study
+    before = snapshot(root)
+    result = run_cli("mlp_exp.report", "--storage", f"sqlite:///{root}/studies/optuna.db",
+                     "--tracking-uri", f"sqlite:///{root}/mlruns/mlflow.db", "--out", str(tmp_path / "a"),
+                     "--no-log", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(root) == before
+    absent = tmp_path / "elsewhere"
+    result = run_cli("mlp_exp.report", "--storage", f"sqlite:///{root}/studies/optuna.db",
+                     "--tracking-uri", f"sqlite:///{absent}/mlflow.db", "--out", str(tmp_path / "b"),
+                     "--no-log", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"no MLflow runs of study 'cifar10-mlp' in sqlite:///{absent}/mlflow.db" in result.stderr
+    assert (tmp_path / "b" / "trials.csv").is_file() and not absent.exists()
+    assert snapshot(root) == before

@@ -173,6 +173,28 @@ def test_an_existing_study_refuses_another_mlflow_store(root):
     assert not (root / "elsewhere" / "mlflow.db").exists()
 
 
+def test_a_new_study_refuses_an_mlflow_store_holding_a_study_of_its_name(root, tmp_path):
+    """The Optuna study is not in this storage (another file, or the first one deleted) but mlruns/ has
+    its runs: a new study of that name would reopen the old parent run among the old trials' runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("cifar10-mlp")
+    [parent] = client.search_runs([experiment.experiment_id], "tags.`mlp_exp.role` = 'study'")
+    refused(root, "--storage", f"sqlite:///{tmp_path}/other.db",
+            expected=("the MLflow store sqlite:///mlruns/mlflow.db already holds a parent run of a study "
+                      f"'cifar10-mlp' (run {parent.info.run_id})", f"--storage sqlite:///{tmp_path}/other.db does "
+                      "not have", "--study-name NEW"))
+    assert not (tmp_path / "other.db").exists()         # refused before the storage was opened
+    optuna.create_study(study_name="unrelated", storage=f"sqlite:///{tmp_path}/existing.db")
+    refused(root, "--storage", f"sqlite:///{tmp_path}/existing.db",       # a storage without that study
+            expected=(f"(run {parent.info.run_id})", f"--storage sqlite:///{tmp_path}/existing.db does not have"))
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/existing.db") == ["unrelated"]
+    fresh = search(*SEARCH, "--storage", f"sqlite:///{tmp_path}/other.db", "--study-name", "another",
+                   "--no-finalize", cwd=root)
+    assert fresh.returncode == 0, fresh.stderr          # the way out the line names
+
+
 def test_the_same_store_spelled_as_an_absolute_path_resumes(root):
     first = run_search("--trials", "1", *TINY, "--study-name", "spelled", "--no-finalize", cwd=root)
     assert first.returncode == 0, first.stderr

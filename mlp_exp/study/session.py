@@ -120,6 +120,34 @@ def refuse_other_tracking_store(study, settings: StudySettings) -> None:
                     "--study-name NEW to start a new study")
 
 
+def refuse_orphaned_runs(settings: StudySettings, storage=None) -> None:
+    """A UserError if this run would create its study while the MLflow store already holds a parent
+    run of a study of that name: one whose Optuna study is gone, or lives in another storage. The new
+    study would reopen that parent run and restart its trial numbers among the old trials' runs.
+
+    Reads only (a read-only Tracker). `storage`: the opened storage, to look for the study again; None
+    before it is opened, when its sqlite file is not there (so opening it would make one)."""
+    reader = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name, create=False)
+    parent = reader.find_study_run(settings.study_name)
+    if parent is None:
+        return
+    # a worker starting with this one may just have made both: look again, it is then no orphan
+    if storage is None and sqlite_file(settings.storage).exists():
+        return                              # made meanwhile: checked again once the storage is open
+    if storage is not None and existing_study(settings, storage) is not None:
+        return
+    raise UserError(f"the MLflow store {reader.display_uri} already holds a parent run of a study "
+                    f"{settings.study_name!r} (run {parent.run_id}) that --storage {safe_url(settings.storage)} "
+                    "does not have; resume it with the --storage it used, or pass --study-name NEW (or another "
+                    "--tracking-uri) to start a new one")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a sqlite:/// storage URL; None for any other URL."""
+    path = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    return Path(path) if path not in ("", ":memory:") else None
+
+
 def record_settings(study, settings: StudySettings, data_id: str | None, changed: dict) -> None:
     """Record the study's defining settings if it has none (new, or created before they were
     recorded), or the data if they lack it; and a change --allow-changed-settings let through."""
@@ -164,6 +192,9 @@ def open_session(settings: StudySettings, *, parent_run: bool = True, worker_ind
     check_storage_persists(settings.storage)
     # Optuna would log every failed trial with a traceback; the objective logs them in one line.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    new_file = sqlite_file(settings.storage)
+    if new_file is not None and not new_file.exists():
+        refuse_orphaned_runs(settings)      # before opening the storage makes its file
     interrupts = Interrupts()
     on_stale = stale_trial_handler()        # the tracker is set below: no trial can go stale before
     storage = open_storage(settings.storage, settings.heartbeat, on_stale, sleep=interrupts.sleep)
@@ -175,6 +206,8 @@ def open_session(settings: StudySettings, *, parent_run: bool = True, worker_ind
     if found is not None:
         refuse_incompatible(found, settings, data_id)
         refuse_other_tracking_store(found, settings)
+    if found is None:
+        refuse_orphaned_runs(settings, storage)
     tracker = on_stale.tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
     study, description = make_study(settings, tracker, storage, data_id=data_id, worker_index=worker_index)
     if parent_run:

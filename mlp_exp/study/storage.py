@@ -183,19 +183,20 @@ def schema_message(url: str, err: Exception) -> str:
 
 
 def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STORAGE_PATIENCE,
-                 sleep=time.sleep):
+                 sleep=time.sleep, *, write: bool = True):
     """An RDB storage with heartbeats, so a trial whose process died is failed and retried.
 
     Opening checks the URL, the file (check_storage) and that the database answers (a UserError
     if not); afterwards the storage waits out outages of up to `patience` seconds, in `sleep`s.
+    write=False only reads (reports): a read-only file is fine, and no folder or journal mode is set.
     """
     from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-    check_storage(url)
+    check_storage(url, write=write)
     engine_kwargs = {}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
-        if str(path) not in ("", ":memory:"):
+        if write and str(path) not in ("", ":memory:"):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
@@ -214,7 +215,7 @@ def open_storage(url: str, heartbeat: int, on_stale=None, patience: float = STOR
                 postgresql_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                 grace_period=2 * heartbeat, heartbeat_stale_trial_callback=on_stale, patience=patience,
                 sleep=sleep)
-            if url.startswith("sqlite:///"):
+            if write and url.startswith("sqlite:///"):
                 with storage.engine.connect() as connection:
                     connection.exec_driver_sql("PRAGMA journal_mode=WAL")
             return storage

@@ -42,7 +42,7 @@ def load_study(study_name: str, storage: str = DEFAULT_STORAGE):
     """An existing study, to read (reports); a missing storage file or study is a UserError."""
     if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
         raise UserError(f"no Optuna storage at {storage!r}; pass the --storage the search used")
-    rdb = open_storage(storage, heartbeat=default("heartbeat"))
+    rdb = open_storage(storage, heartbeat=default("heartbeat"), write=False)
     try:
         return optuna.load_study(study_name=study_name, storage=rdb)
     except KeyError:

@@ -270,18 +270,25 @@ def registered_version(client, model_uri: str) -> tuple[str, str] | None:
 # ------------------------------------------------------------------ scored, then logged
 
 def log_score(client, model_uri: str, score: dict, X, y_true, label_names: Sequence[str], *, source,
-              hint: str = "") -> str | None:
+              hint: str = "", scored_version: str | None = None) -> str | None:
     """log_evaluation of a score_model result made with predictions=True, on the model's run and,
     for a models:/<name>@<alias> or /<version> URI, on that registered version.
 
     What `evaluate` and the end of a study both record. Returns "<name>/<version>"
     or None. A store that refuses the writes is a UserError naming the score (it
-    was computed) and ending with `hint` (how to do without the logging).
+    was computed) and ending with `hint` (how to do without the logging). `scored_version`: the
+    version a models:/<name>@<alias> URI named when its model was loaded; if the alias names
+    another one now, nothing is logged (a UserError).
     """
     mlflow = import_mlflow()
     client = getattr(client, "client", client)
     try:
-        registered = registered_version(client, model_uri)
+        registered = registered_version(client, model_uri)      # an alias is read again, after scoring
+        if scored_version is not None and registered and registered[1] != scored_version:
+            # a promotion in between would put this score on a version it was not measured on
+            raise UserError(f"scored {model_uri} (version {scored_version}, test accuracy "
+                            f"{score['test_accuracy']:.4f}), but meanwhile it moved to version {registered[1]}: "
+                            f"nothing was logged; evaluate again, or pass models:/{registered[0]}/<version>")
         log_evaluation(client, score["run_id"], X, y_true, score["predictions"], label_names, source=source,
                        model_name=registered and registered[0], version=registered and registered[1],
                        model_id=_model_id_of(model_uri))
@@ -318,6 +325,12 @@ def evaluate_on_test_set(model_uri: str, tracking_uri=None, data_dir=None, test_
             raise UserError(f"{err}; or pass --no-log to only print the score") from None
     with interrupts.interruptible():    # reads and computation only
         model = load_model(model_uri, tracking_uri)     # fail fast, before reading data
+        scored_version = None
+        if log and model_uri.startswith("models:/") and "@" in model_uri:
+            # the version the alias names, read as soon as it is loaded (a promotion within those
+            # milliseconds goes unseen); logging checks the alias still names it
+            client = import_mlflow().MlflowClient(resolve_tracking_uri(tracking_uri, create=False))
+            scored_version = (registered_version(client, model_uri) or (None, None))[1]
         folder = data.ensure_cifar10(data_dir)
         _, _, X_test, y_test = data.load_cifar10_uint8(folder)
         if test_size is not None:
@@ -333,7 +346,7 @@ def evaluate_on_test_set(model_uri: str, tracking_uri=None, data_dir=None, test_
         mlflow = import_mlflow()
         client = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri, create=False))
         version = log_score(client, model_uri, score, X_test, y_test, label_names, source=folder,
-                            hint="; pass --no-log to only print the score")
+                            hint="; pass --no-log to only print the score", scored_version=scored_version)
         score.update(model_version=version, logged=True)
     if predictions:
         score["labels"] = y_test.tolist()

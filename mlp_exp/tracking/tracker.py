@@ -30,13 +30,14 @@ from typing import Sequence
 from urllib.parse import unquote, urlparse
 
 from ..config import TrainConfig
+from ..local_db import sqlite_tables
 from ..urls import safe_url
 from .names import (BEST_RUN_TAG, BEST_TRIAL_TAG, BEST_VAL_METRIC, CHAMPION_VERSION_TAG, GRID_UNITS,
                     MODEL_VERSION_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG, TERMINAL_STATUSES, TRAIN_DATASET,
                     TRIAL_TAG, VAL_DATASET)
 from .registry import ModelRegistry
-from .store import (artifact_location, filter_literal, import_mlflow, prepare_store, resolve_tracking_uri,
-                    sqlite_path, store_errors, store_lock, store_lock_path)
+from .store import (artifact_location, check_store, filter_literal, import_mlflow, prepare_store,
+                    resolve_tracking_uri, sqlite_path, store_errors, store_lock, store_lock_path)
 from .trial_run import TrialRun
 
 log = logging.getLogger("mlp_exp.tracking")
@@ -82,6 +83,8 @@ class Tracker(ModelRegistry):
     - tracking_uri: see resolve_tracking_uri (None: $MLFLOW_TRACKING_URI or the local sqlite store)
     - experiment_name: the study's name; None when only scoring or registry calls are needed
     - grid_units: first-layer units drawn in each epoch's weight image
+    - create: False to only read (reports with --no-log): the store, its tables and the
+      experiment are then never created, and a store or experiment that is not there has no runs
 
     Call `study_run` once per process, then `start_trial` per trial. Registry
     and model calls (log_model, champion, promote, score_model) come from
@@ -89,10 +92,12 @@ class Tracker(ModelRegistry):
     logged) by `wait()`, by every method that reads runs, and at exit.
     """
 
-    def __init__(self, tracking_uri=None, experiment_name: str | None = None, *, grid_units=GRID_UNITS):
-        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+    def __init__(self, tracking_uri=None, experiment_name: str | None = None, *, grid_units=GRID_UNITS,
+                 create: bool = True):
+        self.tracking_uri = resolve_tracking_uri(tracking_uri, create=create)
         self.experiment_name = experiment_name
         self.grid_units = grid_units
+        self._creates = create
         self.study_name: str | None = None
         self.parent_run_id: str | None = None
         self.trial_datasets: list = []      # DatasetInputs logged on every trial run (set_trial_datasets)
@@ -101,6 +106,16 @@ class Tracker(ModelRegistry):
         self._lock_path = store_lock_path(self.tracking_uri)
         mlflow = import_mlflow()
         self.experiment_id = None
+        self.client = None                  # stays None only for create=False on a store not made yet
+        if not create:
+            with store_errors(self.tracking_uri):
+                check_store(self.tracking_uri, write=False)
+                if not self._store_missing():
+                    self.client = mlflow.MlflowClient(self.tracking_uri)
+                    found = self.client.get_experiment_by_name(experiment_name) if experiment_name else None
+                    if found is not None and found.lifecycle_stage != "deleted":
+                        self.experiment_id = found.experiment_id
+            return
         # Opening a new db creates its tables: two processes doing it at once would collide.
         with self._store_lock(), store_errors(self.tracking_uri):
             prepare_store(self.tracking_uri)
@@ -110,6 +125,13 @@ class Tracker(ModelRegistry):
             else:
                 self.client.search_experiments(max_results=1)
         atexit.register(self.wait)          # a process that exits normally leaves nothing half-logged
+
+    def _store_missing(self) -> bool:
+        """A local sqlite store whose file or tables are not there yet (opening it would make them)."""
+        if urlparse(self.tracking_uri).scheme != "sqlite":
+            return False
+        path = sqlite_path(self.tracking_uri)
+        return not (path.is_file() and sqlite_tables(path))
 
     @property
     def display_uri(self) -> str:
@@ -160,6 +182,8 @@ class Tracker(ModelRegistry):
         return self.experiment_id
 
     def _search(self, filter_string: str) -> list:
+        if self.client is None or (self.experiment_id is None and not self._creates):
+            return []                       # a read-only Tracker on a store or experiment not made yet
         runs, token = [], None
         while True:
             page = self.client.search_runs([self._require_experiment()], filter_string, max_results=1000,
