@@ -30,6 +30,8 @@ seeds and tables its search-time test accuracy against theirs (goal 3);
 --methods study runs only the studies (random search's pair can come later).
 Each row names the machine it was measured on: random search refuses a budget
 W measured on another machine (another CPU or BLAS kernel makes W unfair).
+Hosts of one label can still differ in speed, so the table also gives the pace
+of the trial both searches share (trial 0) and warns where it differs by >25%.
 """
 from __future__ import annotations
 
@@ -106,22 +108,25 @@ def compare(study, random) -> dict:
     return {"seed": study["seed"], "budget_s": budget, "study_test": value_at(study["curve"], budget),
             "random_test": quality, "t_study_s": t_study, "t_random_s": t_random,
             "speedup": (t_random / t_study) if t_study and t_random else None,
-            "study_trials": study["trials"], "random_trials": random["trials"]}
+            "study_trials": study["trials"], "random_trials": random["trials"],
+            # both searches start with the same trial (the spec's baseline, trial 0): its time is a pace
+            # probe, since a machine label ("AMD EPYC, 2 cores") can hide hosts of different speed
+            "pace": random["curve"][0][0] / study["curve"][0][0]}
 
 
 def print_table(pairs, scale):
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
     print(f"\n| seed | budget W | study test at W | random test at W (Q) | lead | study reaches Q | "
-          f"random reaches Q | speedup | trials study / random |   ({scale} scale)")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"random reaches Q | speedup | trials study / random | trial 0 time random / study |   ({scale} scale)")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p in pairs:
         lead = None if p["study_test"] is None else 100 * (p["study_test"] - p["random_test"])
         print(f"| {p['seed']} | {p['budget_s'] / 60:.1f} min | {fmt(p['study_test'], '.4f')} | "
               f"{fmt(p['random_test'], '.4f')} | {fmt(lead, '+.2f')} pt | "
               f"{fmt(p['t_study_s'] and p['t_study_s'] / 60, '.1f')} min | "
               f"{fmt(p['t_random_s'] and p['t_random_s'] / 60, '.1f')} min | {fmt(p['speedup'], '.2f')}x | "
-              f"{p['study_trials']} / {p['random_trials']} |")
+              f"{p['study_trials']} / {p['random_trials']} | {p['pace']:.2f} |")
     if len(pairs) > 1:
         leads = [100 * (p["study_test"] - p["random_test"]) for p in pairs if p["study_test"] is not None]
         fractions = [p["t_study_s"] / p["budget_s"] for p in pairs if p["t_study_s"] is not None]
@@ -130,7 +135,11 @@ def print_table(pairs, scale):
               f"{statistics.mean(p['random_test'] for p in pairs):.4f} | {statistics.mean(leads):+.2f} pt "
               f"(study ahead in {sum(v > 0 for v in leads)} of {len(pairs)}) | "
               f"Q reached at {statistics.mean(fractions):.2f} W on the mean "
-              f"({len(fractions)} of {len(pairs)} reached it) | | | |")
+              f"({len(fractions)} of {len(pairs)} reached it) | | | | |")
+    unfair = [p["seed"] for p in pairs if not 0.8 <= p["pace"] <= 1.25]
+    if unfair:
+        print(f"warning: seed(s) {unfair}: the shared trial 0 took more than 25% longer or shorter in one "
+              f"search than in the other, so W was no equal budget there (another host, or load)")
 
 
 def print_retrained(rows, seeds):
