@@ -460,7 +460,9 @@ def test_evaluate_logs_nothing_when_the_alias_moves_while_it_scores(study_dir):
                  "evaluate to reach held-evaluate", poll=0.05)
         assert process.poll() is None, process.stderr.read()
         # another version, of another run, takes the alias while evaluate holds its score of the first
-        moved = client.create_model_version("mlp-cifar10", first.source, run_id=parent.info.run_id)
+        # (from the logged model's artifacts: a models:/m-... source would be looked up in the default store)
+        source = client.get_logged_model(first.source.removeprefix("models:/")).artifact_location
+        moved = client.create_model_version("mlp-cifar10", source, run_id=parent.info.run_id)
         client.set_registered_model_alias("mlp-cifar10", "champion", moved.version)
         before = snapshot(study_dir)
         (hold_dir / "release").touch()
