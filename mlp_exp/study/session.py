@@ -35,7 +35,7 @@ from .report import log_study_report
 from .settings import (StudySettings, as_flags, check_storage_persists, data_fingerprint, defining_settings,
                        differences, logged_params)
 from .space import SEARCH_SPACE, baseline_params
-from .storage import check_storage, open_storage
+from .storage import check_storage, open_storage, sqlite_file
 from .strategy import make_pruner, make_sampler
 from .trials import counts
 from .workers import TrialsKeepFailing, run_worker, spawn_workers, strip_flag, wait_for_workers
@@ -142,12 +142,6 @@ def refuse_orphaned_runs(settings: StudySettings, storage=None) -> None:
                     "--tracking-uri) to start a new one")
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file of a sqlite:/// storage URL; None for any other URL."""
-    path = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
-    return Path(path) if path not in ("", ":memory:") else None
-
-
 def record_settings(study, settings: StudySettings, data_id: str | None, changed: dict) -> None:
     """Record the study's defining settings if it has none (new, or created before they were
     recorded), or the data if they lack it; and a change --allow-changed-settings let through."""
@@ -206,7 +200,7 @@ def open_session(settings: StudySettings, *, parent_run: bool = True, worker_ind
     if found is not None:
         refuse_incompatible(found, settings, data_id)
         refuse_other_tracking_store(found, settings)
-    if found is None:
+    else:
         refuse_orphaned_runs(settings, storage)
     tracker = on_stale.tracker = tracking.Tracker(settings.tracking_uri, experiment_name=settings.study_name)
     study, description = make_study(settings, tracker, storage, data_id=data_id, worker_index=worker_index)

@@ -163,14 +163,19 @@ for _name in session_methods():
     setattr(PatientRDBStorage, _name, _make_patient(_name))
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a sqlite:/// storage URL; None for any other URL (and for in-memory SQLite)."""
+    path = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    return Path(path) if path not in ("", ":memory:") else None
+
+
 def check_storage(url: str, write: bool = True) -> None:
     """A one-line UserError, before Optuna opens (and adds its tables to) a sqlite file, when the file
     is a folder, no database, MLflow's or neither tool's, or (write=True) cannot be written."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
-        if path not in ("", ":memory:"):
-            check_sqlite_store(Path(path), url, "Optuna", flag="--storage", example="sqlite:///<folder>/optuna.db",
-                               write=write)
+    path = sqlite_file(url)
+    if path is not None:
+        check_sqlite_store(path, url, "Optuna", flag="--storage", example="sqlite:///<folder>/optuna.db",
+                           write=write)
 
 
 def schema_message(url: str, err: Exception) -> str:

@@ -325,11 +325,11 @@ def evaluate_on_test_set(model_uri: str, tracking_uri=None, data_dir=None, test_
             raise UserError(f"{err}; or pass --no-log to only print the score") from None
     with interrupts.interruptible():    # reads and computation only
         model = load_model(model_uri, tracking_uri)     # fail fast, before reading data
+        client = import_mlflow().MlflowClient(resolve_tracking_uri(tracking_uri, create=False)) if log else None
         scored_version = None
         if log and model_uri.startswith("models:/") and "@" in model_uri:
             # the version the alias names, read as soon as it is loaded (a promotion within those
             # milliseconds goes unseen); logging checks the alias still names it
-            client = import_mlflow().MlflowClient(resolve_tracking_uri(tracking_uri, create=False))
             scored_version = (registered_version(client, model_uri) or (None, None))[1]
         folder = data.ensure_cifar10(data_dir)
         _, _, X_test, y_test = data.load_cifar10_uint8(folder)
@@ -343,8 +343,6 @@ def evaluate_on_test_set(model_uri: str, tracking_uri=None, data_dir=None, test_
     if log and model.run_id is not None:
         hold_step("evaluate", interrupts.check)        # tests only: see hold.py
         interrupts.check()                             # stopped before logging: nothing is logged
-        mlflow = import_mlflow()
-        client = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri, create=False))
         version = log_score(client, model_uri, score, X_test, y_test, label_names, source=folder,
                             hint="; pass --no-log to only print the score", scored_version=scored_version)
         score.update(model_version=version, logged=True)

@@ -176,14 +176,21 @@ def check_store(uri=None, *, write: bool = True) -> str:
     return uri
 
 
+def sqlite_store_missing(uri: str) -> bool:
+    """Whether `uri` is a local sqlite store whose file or tables are not there yet (opening it with
+    MLflow would make them)."""
+    if urlparse(uri).scheme != "sqlite":
+        return False
+    path = sqlite_path(uri)
+    return not (path.is_file() and sqlite_tables(path))
+
+
 def prepare_store(uri: str) -> None:
     """check_store(uri), then make a new sqlite store at once (see the module docstring).
     Call it holding store_lock(store_lock_path(uri)): the check and the move must not interleave."""
     check_store(uri)
-    if urlparse(uri).scheme == "sqlite":
-        path = sqlite_path(uri)
-        if not (path.is_file() and sqlite_tables(path)):
-            _create_sqlite_store(path)
+    if sqlite_store_missing(uri):
+        _create_sqlite_store(sqlite_path(uri))
 
 
 def _create_sqlite_store(path: Path) -> None:

@@ -30,14 +30,14 @@ from typing import Sequence
 from urllib.parse import unquote, urlparse
 
 from ..config import TrainConfig
-from ..local_db import sqlite_tables
 from ..urls import safe_url
 from .names import (BEST_RUN_TAG, BEST_TRIAL_TAG, BEST_VAL_METRIC, CHAMPION_VERSION_TAG, GRID_UNITS,
                     MODEL_VERSION_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG, TERMINAL_STATUSES, TRAIN_DATASET,
                     TRIAL_TAG, VAL_DATASET)
 from .registry import ModelRegistry
 from .store import (artifact_location, check_store, filter_literal, import_mlflow, prepare_store,
-                    resolve_tracking_uri, sqlite_path, store_errors, store_lock, store_lock_path)
+                    resolve_tracking_uri, sqlite_path, sqlite_store_missing, store_errors, store_lock,
+                    store_lock_path)
 from .trial_run import TrialRun
 
 log = logging.getLogger("mlp_exp.tracking")
@@ -110,7 +110,7 @@ class Tracker(ModelRegistry):
         if not create:
             with store_errors(self.tracking_uri):
                 check_store(self.tracking_uri, write=False)
-                if not self._store_missing():
+                if not sqlite_store_missing(self.tracking_uri):
                     self.client = mlflow.MlflowClient(self.tracking_uri)
                     found = self.client.get_experiment_by_name(experiment_name) if experiment_name else None
                     if found is not None and found.lifecycle_stage != "deleted":
@@ -125,13 +125,6 @@ class Tracker(ModelRegistry):
             else:
                 self.client.search_experiments(max_results=1)
         atexit.register(self.wait)          # a process that exits normally leaves nothing half-logged
-
-    def _store_missing(self) -> bool:
-        """A local sqlite store whose file or tables are not there yet (opening it would make them)."""
-        if urlparse(self.tracking_uri).scheme != "sqlite":
-            return False
-        path = sqlite_path(self.tracking_uri)
-        return not (path.is_file() and sqlite_tables(path))
 
     @property
     def display_uri(self) -> str:
