@@ -10,7 +10,7 @@ from mlp_exp import data, net, preprocessing, tracking
 from mlp_exp.config import IMAGE_SHAPE, TrainConfig
 from mlp_exp.preprocessing import (ZCA_EPS, Preprocessor, fit_preprocessor, fit_whitening, fold_into_first_layer,
                                    mirror_columns)
-from mlp_exp.trainer import translate_rows, train
+from mlp_exp.trainer import padded_images, translate_rows, train
 
 D = int(np.prod(IMAGE_SHAPE))
 NOISE = 8
@@ -165,6 +165,48 @@ def test_picking_flipping_and_shifting_in_one_copy_is_the_three_steps_in_turn(dt
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(translate_rows(X, shifts[:1].repeat(30, 0), rows=None),
                                   translate_rows(X[np.arange(30)], shifts[:1].repeat(30, 0)))
+
+
+def _shifted_one_by_one(X, rows, flips, shifts, image_shape):
+    """The definition, one image at a time: pick, mirror, zero-filled shift."""
+    height, width, _ = image_shape
+    out = np.zeros((len(rows), X.shape[1]), X.dtype)
+    for i, (row, flip, (dy, dx)) in enumerate(zip(rows, flips, shifts)):
+        image = X[row].reshape(image_shape)[:, ::-1] if flip else X[row].reshape(image_shape)
+        target = out[i].reshape(image_shape)
+        for y in range(height):
+            for x in range(width):
+                if 0 <= y - dy < height and 0 <= x - dx < width:
+                    target[y, x] = image[y - dy, x - dx]
+    return out
+
+
+@pytest.mark.parametrize("image_shape", [(32, 32, 3), (5, 7, 2), (6, 6, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_translate_rows_is_its_definition_with_a_reused_padded_buffer(image_shape, dtype):
+    """The padded-window gather (what train runs) against the definition, image by image, with one
+    padded buffer reused across batches of every size up to its own, shifts up to and below its reach,
+    and images shifted wholly out of view."""
+    rng = np.random.default_rng(8)
+    size = int(np.prod(image_shape))
+    X = rng.integers(1, 255, size=(25, size)).astype(dtype)                  # no pixel is 0
+    for reach in range(0, min(image_shape[:2]) + 1):
+        padded = padded_images(12, reach, dtype, image_shape)
+        for count in (12, 5, 0, 12):
+            rows, flips = rng.integers(0, 25, size=count), rng.random(count) < 0.5
+            shifts = rng.integers(-reach, reach + 1, size=(count, 2)) if count != 5 else \
+                np.full((count, 2), max(reach - 1, 0))
+            out = np.full((count, size), 7, dtype)
+            translate_rows(X, shifts, out=out, image_shape=image_shape, rows=rows, flips=flips, padded=padded)
+            np.testing.assert_array_equal(out, _shifted_one_by_one(X, rows, flips, shifts, image_shape))
+
+
+def test_translate_rows_refuses_a_shift_beyond_its_padded_buffer():
+    X = np.ones((3, D), np.float32)
+    with pytest.raises(ValueError, match="reach of 1"):
+        translate_rows(X, np.array([(0, 2), (0, 0), (1, 1)]), padded=padded_images(3, 1, np.float32))
+    with pytest.raises(ValueError, match="padded must be"):
+        translate_rows(X, np.zeros((3, 2), int), padded=padded_images(2, 1, np.float32))
 
 
 class RecordingStep:
