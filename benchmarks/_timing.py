@@ -24,7 +24,7 @@ def mkl_line() -> str:
     raises mlp_exp's BF16Unavailable (a UserError) where it is not installed."""
     from mlp_exp.blas import cpu_bf16_units, mkl_backend
     mkl = mkl_backend()
-    units = ", ".join(cpu_bf16_units()) or "no bf16 units: emulated"
+    units = ", ".join(cpu_bf16_units()) or "no bf16 units that MKL uses: emulated"
     return f"  bf16: {mkl.version.split(' for ')[0]}, {mkl.num_threads()} threads; CPU: {units}"
 
 

@@ -129,6 +129,20 @@ def test_the_fp32_step_never_loads_mkl():
     assert out.strip() == "False"
 
 
+def _cpuinfo(vendor, flags):
+    cpu = f"processor\t: {{}}\nvendor_id\t: {vendor}\nmodel name\t: a CPU\nflags\t\t: {flags}\n"
+    return cpu.format(0) + "\n" + cpu.format(1) + "\n"
+
+
+@pytest.mark.parametrize("vendor, flags, units", [
+    ("GenuineIntel", "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", ["avx512_bf16", "amx_bf16"]),
+    ("GenuineIntel", "fpu avx2 avx512f", []),
+    ("AuthenticAMD", "fpu avx2 avx512f avx512_bf16", []),      # MKL runs its generic code on AMD
+])
+def test_the_bf16_units_mkl_uses_are_an_intel_cpus(vendor, flags, units):
+    assert blas.bf16_units_mkl_uses(_cpuinfo(vendor, flags)) == units
+
+
 @needs_mkl
 @pytest.mark.parametrize("units, warned", [([], True), (["avx512_bf16"], False), (["amx_bf16"], False)])
 def test_bf16_on_a_cpu_without_bf16_units_warns_once_that_it_is_emulated(monkeypatch, caplog, units, warned):
