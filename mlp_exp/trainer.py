@@ -131,9 +131,10 @@ def translate_rows(X, shifts, out=None, image_shape=IMAGE_SHAPE, rows=None, flip
     dy, dx = shifts[:, 0], shifts[:, 1]
     for chosen, source in ((plain, padded), (turned, padded[:, ::-1])):
         # windows[i, oy, ox] is the (H, W) window of padded image i starting at row oy, column ox
-        s_image, s_row, s_pixel = source.view(pixel)[..., 0].strides
+        pixels = source.view(pixel)[..., 0]                 # (count, H + 2 reach, W + 2 reach)
+        s_image, s_row, s_pixel = pixels.strides
         windows = np.lib.stride_tricks.as_strided(
-            source.view(pixel)[..., 0], (count, 2 * reach + 1, 2 * reach + 1, height, width),
+            pixels, (count, 2 * reach + 1, 2 * reach + 1, height, width),
             (s_image, s_row, s_pixel, s_row, s_pixel), writeable=False)
         shifted[chosen] = windows[chosen, reach - dy[chosen], reach - dx[chosen]]
     return out
