@@ -90,8 +90,8 @@ def translate_rows(X, shifts, out=None, image_shape=IMAGE_SHAPE, rows=None, flip
     not X itself, may be given to reuse a buffer, and `padded` (from `padded_images`, with a reach of
     at least the largest shift) to reuse the working buffer too, as `train` does.
 
-    How, in a handful of NumPy calls whatever the batch size (a slice copy per image cost 2.2x as
-    much: README, Performance): the picked images are copied into the middle of a zero-bordered
+    How, in a handful of NumPy calls whatever the batch size (a slice copy per image took 2.3-2.9x as
+    long for a batch of 200: README, Performance): the picked images are copied into the middle of a zero-bordered
     buffer, the mirrored ones turned by 180 degrees on the way (one strided copy per channel, where
     mirroring moves one pixel at a time); every shifted image is then one window of its padded
     image, so a single gather from a strided view of all windows fills `out`, and reading the turned
