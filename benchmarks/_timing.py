@@ -19,13 +19,17 @@ def median_us(fn, calls: int, repeats: int) -> float:
     return float(np.median(times))
 
 
-def mkl_line() -> str:
-    """The bf16 benchmarks' header line: MKL's version and threads, the CPU's bf16 units. Loads MKL;
-    raises mlp_exp's BF16Unavailable (a UserError) where it is not installed."""
-    from mlp_exp.blas import cpu_bf16_units, mkl_backend
-    mkl = mkl_backend()
-    units = ", ".join(cpu_bf16_units()) or "no bf16 units that MKL uses: emulated"
-    return f"  bf16: {mkl.version.split(' for ')[0]}, {mkl.num_threads()} threads; CPU: {units}"
+def bf16_line() -> str:
+    """The bf16 benchmarks' header line: the library a bf16 step uses here (MKL or oneDNN), its version
+    and threads, the CPU's bf16 units. Loads it; raises mlp_exp's BF16Unavailable (a UserError) where
+    it is not installed."""
+    from mlp_exp.blas import IntelMKL, _cpuinfo, bf16_backend, bf16_flags, cpu_bf16_units
+    lib = bf16_backend()
+    if isinstance(lib, IntelMKL):
+        units = ", ".join(cpu_bf16_units()) or "no bf16 units that MKL uses: emulated"
+        return f"  bf16: {lib.version.split(' for ')[0]}, {lib.num_threads()} threads; CPU: {units}"
+    return (f"  bf16: {lib.version} ({lib.path}), its own thread pool; CPU: "
+            f"{', '.join(bf16_flags(_cpuinfo()))} (units MKL does not use on this CPU's vendor)")
 
 
 def blas_lines() -> list[str]:

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from _timing import blas_lines, mkl_line                              # noqa: E402
+from _timing import blas_lines, bf16_line                              # noqa: E402
 from mlp_exp.config import TrainConfig, parse_value                   # noqa: E402
 from mlp_exp.data import load_raw_split                               # noqa: E402
 from mlp_exp.errors import UserError                                  # noqa: E402
@@ -54,7 +54,7 @@ def main(argv=None):
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print("\n".join(blas_lines()))
     try:
-        print(mkl_line())
+        print(bf16_line())
     except UserError as err:
         print(f"skipped: {err}")
         return

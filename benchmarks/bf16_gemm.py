@@ -10,6 +10,9 @@ a step (B = batch, D = 3072, H = hidden):
   mkl fp32        cblas_sgemm of Intel MKL (the `mkl` wheel from PyPI)
   mkl bf16        cblas_gemm_bf16bf16f32 of MKL: bf16 inputs, fp32 accumulation and
                   output (AVX512_BF16 / AMX where the CPU has them)
+  onednn bf16     oneDNN's matmul on the same bf16 operands (brgemm kernels dispatched on
+                  the instruction set, so AVX512_BF16 on an AMD EPYC too); "-" where the
+                  `onednn` wheel is not installed
   to bf16         what a bf16 step adds per step: W1 (D, H) float32 -> bf16 by
                   truncation (a strided copy of the high halves; NumPy, one thread)
 
@@ -34,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from _timing import blas_lines, median_us, mkl_line                  # noqa: E402
+from _timing import blas_lines, median_us, bf16_line                  # noqa: E402
 from mlp_exp.blas import BF16, mkl_backend, to_bf16                   # noqa: E402
 from mlp_exp.errors import UserError                                   # noqa: E402
 from mlp_exp.kernels import gemm                                       # noqa: E402
@@ -49,19 +52,27 @@ def main(argv=None):
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print("\n".join(blas_lines()))
     try:
-        print(mkl_line())
+        print(bf16_line())
     except UserError as err:
         print(f"skipped: {err}")
         return
     mkl = mkl_backend()
+    from mlp_exp.onednn import OneDNNUnavailable, onednn_backend
+    try:
+        dnnl = onednn_backend()
+        print(f"  onednn: {dnnl.version} ({dnnl.path})")
+    except OneDNNUnavailable as err:
+        dnnl = None
+        print(f"  onednn column skipped: {err}")
 
     rng = np.random.default_rng(0)
     B, D = args.batch_size, 3072
     X = rng.standard_normal((B, D), dtype=np.float32)
     X16 = to_bf16(X, np.empty((B, D), BF16))
     print(f"\nper-call medians of {args.repeats} x {args.calls}, microseconds; batch {B}")
-    print("hidden | openblas fp32 pair | mkl fp32 pair | mkl bf16 pair | W1 to bf16 | bf16 / openblas | rel. error")
-    print("-" * 104)
+    print("hidden | openblas fp32 pair | mkl fp32 pair | mkl bf16 pair | onednn bf16 pair | W1 to bf16 | "
+          "mkl bf16 / openblas | onednn bf16 / openblas | rel. error")
+    print("-" * 150)
     for H in args.hidden:
         W = rng.standard_normal((D, H), dtype=np.float32) * np.float32(0.01)
         dh = rng.standard_normal((B, H), dtype=np.float32)
@@ -79,12 +90,14 @@ def main(argv=None):
         fp32 = median_us(openblas, args.calls, args.repeats)
         mkl32 = median_us(lambda: mkl_pair(mkl.sgemm, X, W, dh), args.calls, args.repeats)
         mkl16 = median_us(lambda: mkl_pair(mkl.gemm_bf16, X16, W16, dh16), args.calls, args.repeats)
+        dnnl16 = median_us(lambda: mkl_pair(dnnl.gemm_bf16, X16, W16, dh16), args.calls, args.repeats) if dnnl else None
         convert = median_us(lambda: to_bf16(W, W16), args.calls, args.repeats)
         mkl.gemm_bf16(X16, W16, hidden, 1.0, 0.0)
         exact = X.astype(np.float64) @ W.astype(np.float64)
         error = float(np.abs(hidden - exact).max() / np.abs(exact).max())
-        print(f"{H:6d} | {fp32:18.0f} | {mkl32:13.0f} | {mkl16:13.0f} | {convert:10.0f} | "
-              f"{fp32 / mkl16:14.2f}x | {error:.1e}")
+        dnnl_cols = (f"{dnnl16:16.0f} | ", f"{fp32 / dnnl16:22.2f}x") if dnnl else (f"{'-':>16} | ", f"{'-':>23}")
+        print(f"{H:6d} | {fp32:18.0f} | {mkl32:13.0f} | {mkl16:13.0f} | {dnnl_cols[0]}{convert:10.0f} | "
+              f"{fp32 / mkl16:18.2f}x | {dnnl_cols[1]} | {error:.1e}")
 
 
 if __name__ == "__main__":

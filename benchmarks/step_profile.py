@@ -24,7 +24,7 @@ pieces lose to each other.
 
     python benchmarks/step_profile.py                  # H = 100 1000
     python benchmarks/step_profile.py --hidden 500 --repeats 9
-    python benchmarks/step_profile.py --precision bf16 # the opt-in bf16 path (needs `pip install mkl`)
+    python benchmarks/step_profile.py --precision bf16 # the opt-in bf16 path (MKL, or oneDNN on AMD)
 
 With --precision bf16 the pieces are the bf16 step's: its three truncating
 copies to bf16 (X, W1, dh), the two big GEMMs in bf16 and every call on MKL.
@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mlp_exp import trainer                                            # noqa: E402
-from _timing import blas_lines, median_us, mkl_line                           # noqa: E402
+from _timing import blas_lines, median_us, bf16_line                           # noqa: E402
 from mlp_exp.blas import to_bf16                                       # noqa: E402
 from mlp_exp.kernels import FusedStep                                  # noqa: E402
 from mlp_exp.net import init_params                                    # noqa: E402
@@ -238,13 +238,13 @@ def main(argv=None):
     parser.add_argument("--sequence-steps", type=int, default=300,
                         help="minibatches timed in sequence (fp32; 0: skip that column)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16: the opt-in path (needs `pip install mkl`), every BLAS call on MKL")
+                        help="bf16: the opt-in path (MKL, or oneDNN on AMD), every BLAS call on that library")
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print("\n".join(blas_lines()))
     if args.precision == "bf16":
-        print(mkl_line())
+        print(bf16_line())
     rng = np.random.default_rng(0)
     X_train = rng.integers(0, 256, size=(NUM_TRAIN, INPUT_SIZE), dtype=np.uint8)
     y_train = rng.integers(0, NUM_CLASSES, size=NUM_TRAIN)

@@ -16,12 +16,15 @@ machine noise hits every column alike, it measures:
             reason printed, when torch is not importable (`pip install torch`).
   eval      the trainer's per-epoch evaluation (train sample + validation
             accuracy) as a percentage of the epoch's training time
-  bf16      the product with precision "bf16" (opt-in, needs `pip install mkl`):
+  bf16      the product with precision "bf16" (opt-in, needs `pip install mkl`, or `onednn` on AMD):
             bf16 inputs to the two big GEMMs, fp32 accumulation and weights, every
-            BLAS call on Intel MKL; "bf16 / fp32 bound" is issue 17's goal 3 ratio
-  bf16 bound  its own bound: the same five GEMMs through MKL, the two big ones on
-            bf16 operands converted once up front. Both bf16 columns are skipped,
-            with the reason printed, where MKL is not installed (--no-bf16 skips them).
+            BLAS call on the bf16 library (MKL, or oneDNN on a CPU whose bf16 units
+            MKL does not use; the header names it); "bf16 / fp32 bound" is issue 17's
+            goal 3 ratio
+  bf16 bound  its own bound: the same five GEMMs through that library, the two big
+            ones on bf16 operands converted once up front. Both bf16 columns are
+            skipped, with the reason printed, where it is not installed (--no-bf16
+            skips them).
 
 Every figure is the median over --repeats. The data is the CIFAR-10 replica
 under --data-dir when present, else random uint8 rows of the same shape (the
@@ -99,7 +102,7 @@ from mlp_exp.config import TrainConfig                                 # noqa: E
 from mlp_exp.config import IMAGE_SHAPE                                 # noqa: E402
 from mlp_exp.data import DEFAULT_LABEL_NAMES, load_cifar10_uint8                     # noqa: E402
 from mlp_exp.preprocessing import fit_preprocessor                     # noqa: E402
-from _timing import mkl_line                                          # noqa: E402
+from _timing import bf16_line                                          # noqa: E402
 from mlp_exp import kernels                                            # noqa: E402
 from mlp_exp.study.settings import default                             # noqa: E402
 
@@ -178,8 +181,8 @@ def gemm_bound_epoch(X_batch, hidden, iterations, seed, precision="fp32"):
     scores = np.empty((B, NUM_CLASSES), np.float32)     # (B, C)
     dW2 = np.empty((hidden, NUM_CLASSES), np.float32)   # (H, C)
     if precision == "bf16":
-        from mlp_exp.blas import BF16, mkl_backend, to_bf16
-        lib = mkl_backend()
+        from mlp_exp.blas import BF16, bf16_backend, to_bf16
+        lib = bf16_backend()
         big_gemm = lib.gemm_bf16
         X_big, W1_big = to_bf16(X_batch, np.empty(X_batch.shape, BF16)), to_bf16(W1, np.empty(W1.shape, BF16))
         dh_big = np.zeros((B, hidden), BF16)            # the GEMM's time does not depend on dh's values
@@ -200,7 +203,7 @@ def bf16_note() -> str | None:
     """Why the bf16 columns are skipped, or None (after printing MKL's line) when MKL's bf16 GEMM is here."""
     from mlp_exp.errors import UserError
     try:
-        print(mkl_line())
+        print(bf16_line())
     except UserError as err:
         return f"bf16 columns skipped: {err}"
     return None

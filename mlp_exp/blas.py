@@ -167,6 +167,9 @@ def mkl_backend() -> IntelMKL:
     if _mkl is None:
         path = mkl_path()
         if path is None:
+            if bf16_library(_cpuinfo()) == "onednn":
+                raise BF16Unavailable("precision bf16 needs oneDNN's bf16 kernels on this CPU: `pip install "
+                                      "onednn` (or install mlp_exp with the [bf16] extra), or use precision fp32")
             raise BF16Unavailable("precision bf16 needs Intel MKL's bf16 GEMM: `pip install mkl` "
                                   "(x86_64; or install mlp_exp with the [bf16] extra), or use precision fp32")
         try:
@@ -183,19 +186,39 @@ def mkl_backend() -> IntelMKL:
             # the bf16 step ran slower than fp32; README: Performance), so say so rather than refuse
             log.warning("precision bf16: this CPU has no bf16 units that MKL uses (avx512_bf16 / amx_bf16 "
                         "on an Intel CPU), so MKL emulates bf16 and training is slower than fp32; use "
-                        "precision fp32 here")
+                        "precision fp32 here%s", "" if bf16_library(_cpuinfo()) == "mkl" else
+                        ", or `pip install onednn`, whose bf16 kernels use this CPU's avx512_bf16")
         _mkl = backend
     return _mkl
+
+
+def _cpuinfo() -> str:
+    try:
+        return open("/proc/cpuinfo").read()
+    except OSError:                                      # not Linux: no bf16 units known
+        return ""
 
 
 def cpu_bf16_units() -> list[str]:
     """The CPU's bf16 units that MKL uses (Linux /proc/cpuinfo); [] where it has none, or where /proc
     is missing: MKL then emulates bf16, correctly but slower than fp32."""
-    try:
-        cpuinfo = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    return bf16_units_mkl_uses(cpuinfo)
+    return bf16_units_mkl_uses(_cpuinfo())
+
+
+def _first_cpu(cpuinfo: str) -> dict[str, str]:
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip() and fields:
+            break                                        # the first CPU's block ends at a blank line
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def bf16_flags(cpuinfo: str) -> list[str]:
+    """The bf16 flags of the first CPU in a /proc/cpuinfo text, whatever its vendor."""
+    flags = _first_cpu(cpuinfo).get("flags", "").split()
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
 
 
 def bf16_units_mkl_uses(cpuinfo: str) -> list[str]:
@@ -203,16 +226,26 @@ def bf16_units_mkl_uses(cpuinfo: str) -> list[str]:
     runs its generic code (an AMD EPYC with avx512_bf16: MKL_VERBOSE names "Intel(R) Architecture
     processors" where an Intel CPU gets AVX-512, and the bf16 GEMM ran at 0.64x the fp32 bound;
     README, Performance)."""
-    fields = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if not key.strip() and fields:
-            break                                        # the first CPU's block ends at a blank line
-        fields.setdefault(key.strip(), value.strip())
-    if fields.get("vendor_id") != "GenuineIntel":
-        return []
-    flags = fields.get("flags", "").split()
-    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return bf16_flags(cpuinfo) if _first_cpu(cpuinfo).get("vendor_id") == "GenuineIntel" else []
+
+
+def bf16_library(cpuinfo: str) -> str:
+    """Which library a bf16 step should call on this CPU: "onednn" where the CPU has bf16 units that
+    MKL does not use (an AMD EPYC with avx512_bf16: oneDNN dispatches on the instruction set, not the
+    vendor), else "mkl" (its bf16 units on an Intel CPU; emulation, with a warning, elsewhere)."""
+    return "onednn" if bf16_flags(cpuinfo) and not bf16_units_mkl_uses(cpuinfo) else "mkl"
+
+
+def bf16_backend():
+    """The bf16 step's backend (`bf16_library`): oneDNN where it is the library for this CPU and is
+    installed, else MKL (`mkl_backend`: its error or warning says what to install)."""
+    if bf16_library(_cpuinfo()) == "onednn":
+        from .onednn import OneDNNUnavailable, onednn_backend
+        try:
+            return onednn_backend()
+        except OneDNNUnavailable as error:
+            log.info("precision bf16: %s; trying MKL", error)
+    return mkl_backend()
 
 
 class BF16Unavailable(UserError):

@@ -39,7 +39,7 @@ class TrainConfig:
     train_size: int = 49000
     val_size: int = 1000
     seed: int = 0                   # seeds init, shuffling, flips, shifts and the train-accuracy sample
-    precision: str = "fp32"         # of the two big GEMMs' inputs: "bf16" needs Intel MKL (PRECISIONS)
+    precision: str = "fp32"         # of the two big GEMMs' inputs: "bf16" needs MKL or oneDNN (PRECISIONS)
 
     def __post_init__(self):
         for name in ("hidden_size", "batch_size", "num_epochs", "train_size", "val_size"):

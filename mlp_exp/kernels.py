@@ -29,10 +29,12 @@ What makes it fast:
 - the softmax works on the (B, C) scores with flat indices, few NumPy calls:
   at small hidden sizes a step is short, so every call's overhead counts.
 
-precision "bf16" (opt-in, needs Intel MKL) feeds the two big GEMMs bf16 copies of X,
-W1 and dh and accumulates in fp32 (MKL's cblas_gemm_bf16bf16f32: AMX / AVX512_BF16
-units where the CPU has them); the weights, the velocity, the small GEMMs and every
-update stay fp32, and all of the step's BLAS calls go to MKL's one thread pool.
+precision "bf16" (opt-in) feeds the two big GEMMs bf16 copies of X, W1 and dh and
+accumulates in fp32: on an Intel CPU through MKL's cblas_gemm_bf16bf16f32 (AMX /
+AVX512_BF16 units where it has them), on a CPU with bf16 units that MKL does not use
+(an AMD EPYC with AVX512_BF16) through oneDNN's matmul (onednn.py). The weights, the
+velocity, the small GEMMs and every update stay fp32, and all of the step's BLAS calls
+go to that one library's thread pool.
 
 `FusedStep` keeps only parameters and optimiser state; it never allocates per
 step beyond tiny (B,)-sized temporaries, prints nothing and draws no random
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blas import BF16, NumpyOpenBLAS, SciPyBLAS, mkl_backend, numpy_openblas_path, to_bf16
+from .blas import BF16, NumpyOpenBLAS, SciPyBLAS, bf16_backend, numpy_openblas_path, to_bf16
 from .config import PRECISIONS
 from .net import PARAM_NAMES
 from .optim import UPDATE_RULES
@@ -91,9 +93,10 @@ class FusedStep:
             raise ValueError(f"update must be one of {', '.join(UPDATE_RULES)}, got {update!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        # bf16: every BLAS call of the step goes to MKL (one thread pool, as with OpenBLAS for fp32)
+        # bf16: every BLAS call of the step goes to one library, MKL or oneDNN (one thread pool, as
+        # with OpenBLAS for fp32)
         self.precision = precision
-        self.blas = mkl_backend() if precision == "bf16" else blas
+        self.blas = bf16_backend() if precision == "bf16" else blas
         D, H = np.shape(params["W1"])
         C = np.shape(params["W2"])[1]
         shapes = {"W1": (D, H), "W2": (H, C), "b1": (H,), "b2": (C,)}

@@ -1,5 +1,6 @@
-"""precision "bf16": MKL's bf16 GEMM, the bf16 copies the step feeds it, and the step itself against
-the float64 reference to bf16's tolerance; the fp32 path untouched; a clear error without MKL."""
+"""precision "bf16": MKL's and oneDNN's bf16 GEMMs, the bf16 copies the step feeds them, and the step
+itself on each against the float64 reference to bf16's tolerance; which library a CPU gets; the fp32
+path untouched; a clear error without the library."""
 import sys
 
 import numpy as np
@@ -18,6 +19,27 @@ needs_mkl = pytest.mark.skipif(blas.mkl_path() is None,
                                       "with the test extra)")
 
 
+def _onednn_or_none():
+    from mlp_exp.onednn import OneDNNUnavailable, onednn_backend
+    try:
+        return onednn_backend()
+    except OneDNNUnavailable:
+        return None
+
+
+@pytest.fixture(params=["mkl", "onednn"])
+def bf16_lib(request):
+    """Each bf16 library installed here (CI installs both with the test extra)."""
+    if request.param == "mkl":
+        if blas.mkl_path() is None:
+            pytest.skip("Intel MKL is not installed (`pip install mkl`, x86_64)")
+        return blas.mkl_backend()
+    lib = _onednn_or_none()
+    if lib is None:
+        pytest.skip("oneDNN is not installed or finds no CPU device (`pip install onednn`, x86_64)")
+    return lib
+
+
 def test_to_bf16_keeps_the_high_half_of_each_float32():
     x = np.array([[1.0, -2.5, 3.14159265], [1e-30, 65504.0, -0.0]], np.float32)
     bits = x.view(np.uint32)
@@ -29,11 +51,10 @@ def test_to_bf16_keeps_the_high_half_of_each_float32():
     assert back[0, 0] == 1.0 and back[0, 1] == -2.5       # exact in bf16: unchanged
 
 
-@needs_mkl
 @pytest.mark.parametrize("a_layout", ["C", "C.T"])
 @pytest.mark.parametrize("beta", [0.0, 0.9])
-def test_gemm_bf16_multiplies_the_bf16_values_in_fp32(a_layout, beta):
-    mkl = blas.mkl_backend()
+def test_gemm_bf16_multiplies_the_bf16_values_in_fp32(bf16_lib, a_layout, beta):
+    mkl = bf16_lib
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((37, 53), dtype=np.float32), rng.standard_normal((53, 29), dtype=np.float32)
     a16 = blas.to_bf16(a, np.empty(a.shape, blas.BF16))
@@ -50,10 +71,9 @@ def test_gemm_bf16_multiplies_the_bf16_values_in_fp32(a_layout, beta):
         mkl.gemm_bf16(a, b16, out, 1.0, 0.0)
 
 
-@needs_mkl
 @pytest.mark.parametrize("update, lr, tolerance", [("sgd", 0.05, 0.1), ("momentum", 0.02, 0.1),
                                                   ("rmsprop", 1e-3, 0.25)])
-def test_bf16_step_follows_the_reference_update_to_bf16_tolerance(update, lr, tolerance):
+def test_bf16_step_follows_the_reference_update_to_bf16_tolerance(bf16_lib, monkeypatch, update, lr, tolerance):
     """The stated tolerance: after 12 steps each parameter is off the float64 reference by at most
     a tenth of how far the reference moved (a quarter for rmsprop, which divides every gradient by
     its own running size, so a near-zero gradient's bf16 error is not shrunk by its size)."""
@@ -62,8 +82,9 @@ def test_bf16_step_follows_the_reference_update_to_bf16_tolerance(update, lr, to
     ref = dict(start_params)
     states = {k: {"momentum": 0.9, "learning_rate": lr} for k in ref}
     fp32 = FusedStep(params, update, reg=0.01, momentum=0.9)
+    monkeypatch.setattr("mlp_exp.kernels.bf16_backend", lambda: bf16_lib)
     bf16 = FusedStep(params, update, reg=0.01, momentum=0.9, precision="bf16")
-    assert bf16.blas is blas.mkl_backend()
+    assert bf16.blas is bf16_lib
     for start in [0, 16, 32] * 4:
         Xb, yb = X[start:start + 16], y[start:start + 16]
         expected_loss, grads = two_layer_loss(ref, Xb.astype(np.float64), yb, 0.01)
@@ -79,9 +100,10 @@ def test_bf16_step_follows_the_reference_update_to_bf16_tolerance(update, lr, to
         assert np.abs(bf16.params[k] - ref[k]).max() <= tolerance * moved, k
 
 
-@needs_mkl
-def test_a_bf16_training_run_learns_what_fp32_learns():
+def test_a_bf16_training_run_learns_what_fp32_learns(bf16_lib, monkeypatch):
     from mlp_exp.trainer import train
+
+    monkeypatch.setattr("mlp_exp.kernels.bf16_backend", lambda: bf16_lib)
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((4, 60)).astype(np.float32)
@@ -107,6 +129,7 @@ def test_an_unknown_precision_is_refused():
 def test_without_mkl_bf16_is_one_clear_error_before_any_trial(monkeypatch):
     from mlp_exp.study.space import parse_fixed
 
+    monkeypatch.setattr(blas, "_cpuinfo", lambda: _cpuinfo("GenuineIntel", "fpu avx2 avx512f avx512_bf16"))
     monkeypatch.setattr(blas, "_mkl", None)
     monkeypatch.setattr(blas, "mkl_path", lambda: None)
     with pytest.raises(UserError, match=r"precision bf16 needs Intel MKL.*pip install mkl") as caught:
@@ -157,3 +180,66 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_once_that_it_is_emulated(monkeyp
         assert "\n" not in messages[0]
     else:
         assert messages == []
+
+
+@pytest.mark.parametrize("vendor, flags, library", [
+    ("GenuineIntel", "fpu avx2 avx512f avx512_bf16 amx_bf16", "mkl"),    # MKL uses its units
+    ("GenuineIntel", "fpu avx2", "mkl"),                                 # MKL emulates (and warns)
+    ("AuthenticAMD", "fpu avx2 avx512f avx512_bf16", "onednn"),          # units that MKL ignores
+    ("AuthenticAMD", "fpu avx2", "mkl"),                                 # none to use: MKL emulates
+])
+def test_a_cpu_gets_the_bf16_library_that_uses_its_units(vendor, flags, library):
+    assert blas.bf16_library(_cpuinfo(vendor, flags)) == library
+
+
+def test_on_a_cpu_for_onednn_without_either_library_the_error_names_onednn(monkeypatch):
+    import mlp_exp.onednn as onednn
+    from mlp_exp.study.space import parse_fixed
+
+    monkeypatch.setattr(blas, "_cpuinfo", lambda: _cpuinfo("AuthenticAMD", "fpu avx2 avx512f avx512_bf16"))
+    monkeypatch.setattr(onednn, "_onednn", None)
+    monkeypatch.setattr(onednn, "onednn_path", lambda: None)
+    monkeypatch.setattr(blas, "_mkl", None)
+    monkeypatch.setattr(blas, "mkl_path", lambda: None)
+    with pytest.raises(UserError, match=r"precision bf16 needs oneDNN's bf16 kernels on this CPU: `pip install "
+                                        r"onednn`") as caught:
+        parse_fixed(["precision=bf16"])
+    assert "\n" not in str(caught.value)
+
+
+def test_on_a_cpu_for_onednn_the_step_uses_it(monkeypatch):
+    lib = _onednn_or_none()
+    if lib is None:
+        pytest.skip("oneDNN is not installed or finds no CPU device (`pip install onednn`, x86_64)")
+    monkeypatch.setattr(blas, "_cpuinfo", lambda: _cpuinfo("AuthenticAMD", "fpu avx2 avx512f avx512_bf16"))
+    _, _, params = small_problem()
+    assert FusedStep(params, "momentum", reg=0.1, precision="bf16").blas is lib
+
+
+@pytest.mark.parametrize("a_layout", ["C", "F"])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.3, 0.9)])
+def test_onednn_fp32_calls_are_the_blas_calls(a_layout, alpha, beta):
+    """The bf16 step sends its fp32 calls (small GEMMs, saxpy, sdot, evaluation) to oneDNN too."""
+    lib = _onednn_or_none()
+    if lib is None:
+        pytest.skip("oneDNN is not installed or finds no CPU device (`pip install onednn`, x86_64)")
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((31, 47), dtype=np.float32), rng.standard_normal((47, 13), dtype=np.float32)
+    if a_layout == "F":
+        a = np.asfortranarray(a)
+    out = rng.standard_normal((31, 13), dtype=np.float32)
+    expected = alpha * a.astype(np.float64) @ b + beta * out
+    for _ in range(2):                                # the second call runs the cached primitive
+        got = out.copy()
+        lib.sgemm(a, b, got, alpha, beta)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    x, y = rng.standard_normal(10_001, dtype=np.float32), rng.standard_normal(10_001, dtype=np.float32)
+    for a_ in (0.5, -2.0):                            # the scale is a runtime argument: one primitive
+        y0 = y.copy()
+        lib.saxpy(x, y, a_)
+        np.testing.assert_allclose(y, y0 + a_ * x, rtol=1e-6, atol=1e-6)
+    assert lib.sdot(x, y) == pytest.approx(float(x.astype(np.float64) @ y), rel=1e-4)
+    with pytest.raises(ValueError, match="saxpy sizes differ"):
+        lib.saxpy(x, y[:-1], 1.0)
+    with pytest.raises(ValueError, match="gemm shapes do not match"):
+        lib.sgemm(a, b.T, out, 1.0, 0.0)

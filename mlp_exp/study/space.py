@@ -120,8 +120,8 @@ def parse_fixed(pairs) -> dict:
     if "hidden_size" in fixed:
         check_weights_fit(fixed["hidden_size"])
     if fixed.get("precision") == "bf16":
-        from ..blas import mkl_backend
-        mkl_backend()          # refuse now, in one line, rather than fail every trial
+        from ..blas import bf16_backend
+        bf16_backend()         # refuse now, in one line, rather than fail every trial
     return fixed
 
 
