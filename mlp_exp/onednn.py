@@ -33,6 +33,7 @@ import numpy as np
 _P = ctypes.c_void_p
 _DIMS = ctypes.c_int64 * 12                   # dnnl_dims_t
 _F32, _BF16 = 3, 2                            # dnnl_data_type_t
+_BF16_BITS = np.dtype(np.uint16)              # blas.BF16: bf16 values held as their bit patterns
 _CPU_ENGINE, _IN_ORDER = 1, 1                 # dnnl_cpu, dnnl_stream_in_order
 _ARG_SRC, _ARG_SRC_1, _ARG_WEIGHTS, _ARG_DST, _ARG_ATTR_SCALES = 1, 2, 33, 17, 4096
 _BINARY_ADD = 0x1fff0                         # dnnl_binary_add
@@ -173,8 +174,7 @@ class OneDNN:
     def gemm_bf16(self, a, b, out, alpha, beta):
         """out <- alpha a @ b + beta out, in place: a, b bf16 bit patterns (uint16, any 2-D strides),
         out (M, N) C-contiguous float32; products exact, sums in fp32."""
-        from .blas import BF16
-        if a.dtype != BF16 or b.dtype != BF16:
+        if a.dtype != _BF16_BITS or b.dtype != _BF16_BITS:
             raise TypeError(f"gemm_bf16 takes bf16 bit patterns (uint16), got {a.dtype} and {b.dtype}")
         self._matmul(a, b, out, alpha, beta, _BF16)
 
